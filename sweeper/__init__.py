@@ -1,0 +1,1 @@
+"""A Hydra-configured sweep runner for CIFAR-10 vision experiments."""

@@ -1,0 +1,267 @@
+"""The typed schema of every run and `validate`, which turns a composed config into settings.
+
+The dataclasses are registered in Hydra's ConfigStore, so a misspelt key or a value of the
+wrong type fails while Hydra composes the config. `validate` then checks what a type cannot
+(a patch that does not tile the image, a width the heads do not divide, ...) and raises
+`ConfigError` with one line naming the value and what is allowed, before any work is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+IMAGE_SIZE = 32  # CIFAR-10; the synthetic and folder sources are checked against it
+
+
+class ConfigError(ValueError):
+    """A user error in the config: its message is the one line shown to the user."""
+
+
+@dataclass
+class ViTConfig:
+    name: str = "vit"
+    patch: int = 4
+    overlap: str = "none"  # none | half (stride = patch / 2)
+    heads: int = 4
+    cls_layer: Any = "first"  # first | last | block index 0..depth
+    dim: int = 240  # divisible by 4, 6, 8, 10 and 12, so every heads option runs unchanged
+    depth: int = 6
+    mlp_ratio: float = 2.0
+
+
+@dataclass
+class ResNetConfig:
+    name: str = "resnet18"
+    stem: str = "cifar"  # cifar (3x3 stride-1 conv, no max-pool) | imagenet (torchvision's own)
+
+
+@dataclass
+class ClassifyTask:
+    name: str = "classify"
+
+
+@dataclass
+class RotationTask:
+    name: str = "rotation_pretrain"
+    pretrain_epochs: int = 50
+    finetune_epochs: int = 25
+    freeze_encoder: bool = False
+
+
+@dataclass
+class FinetuneTask:
+    name: str = "finetune"
+    finetune_epochs: int = 25
+    encoder: Optional[str] = None
+    freeze_encoder: bool = False
+
+
+@dataclass
+class ScratchTask:
+    name: str = "scratch"
+    finetune_epochs: int = 25
+
+
+@dataclass
+class DataBase:
+    split_seed: int = 0  # the stratified A/B split of the training set
+    b_fraction: float = 0.2  # B's share of each class: 10,000 of CIFAR-10's 50,000
+
+
+@dataclass
+class Cifar10Data(DataBase):
+    name: str = "cifar10"
+    root: str = "data"
+
+
+@dataclass
+class FolderData(DataBase):
+    name: str = "folder"
+    root: Optional[str] = None
+    cache_dir: str = "~/.cache/sweeper"
+
+
+@dataclass
+class SyntheticData(DataBase):
+    name: str = "synthetic"
+    n_train: int = 2000
+    n_test: int = 400
+
+
+ModelConfig = Union[ViTConfig, ResNetConfig]
+TaskConfig = Union[ClassifyTask, RotationTask, FinetuneTask, ScratchTask]
+DataConfig = Union[Cifar10Data, FolderData, SyntheticData]
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    task: Any = MISSING
+    data: Any = MISSING
+    epochs: int = 25
+    batch_size: int = 256
+    eval_batch_size: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.1
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    compile: bool = False
+
+
+@dataclass
+class Settings:
+    """The validated config: plain dataclasses, nothing left to interpolate."""
+
+    model: ModelConfig
+    task: TaskConfig
+    data: DataConfig
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+    label_smoothing: float
+    seed: int
+    device: str
+    compile: bool
+
+
+_SCHEMAS = {
+    "model": {"vit": ViTConfig, "resnet18": ResNetConfig},
+    "task": {
+        "classify": ClassifyTask,
+        "rotation_pretrain": RotationTask,
+        "finetune": FinetuneTask,
+        "scratch": ScratchTask,
+    },
+    "data": {"cifar10": Cifar10Data, "folder": FolderData, "synthetic": SyntheticData},
+}
+
+
+def register_configs() -> None:
+    """Store the root schema: a misspelt or mistyped top-level key fails while composing.
+
+    Group options are typed by `validate` (their schema depends on the option chosen)."""
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _allowed(name: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"{name}={value!r} is not allowed: {allowed}")
+
+
+def cls_block(model: ViTConfig) -> int:
+    """The block index the CLS token joins before (`depth` means after the last block)."""
+    if model.cls_layer == "first":
+        return 0
+    if model.cls_layer == "last":
+        return model.depth
+    return int(model.cls_layer)
+
+
+def patch_stride(model: ViTConfig) -> int:
+    return model.patch // 2 if model.overlap == "half" else model.patch
+
+
+def _validate_vit(m: ViTConfig) -> None:
+    if m.overlap not in ("none", "half"):
+        raise _allowed("overlap", m.overlap, "none or half")
+    if m.patch <= 0 or m.patch > IMAGE_SIZE:
+        raise _allowed("model.patch", m.patch, f"a patch side from 1 to {IMAGE_SIZE}")
+    if m.overlap == "half" and m.patch % 2:
+        raise _allowed("model.patch", m.patch, "an even patch side with overlap=half")
+    stride = patch_stride(m)
+    if (IMAGE_SIZE - m.patch) % stride:
+        raise _allowed(
+            "model.patch",
+            m.patch,
+            f"patches of side {m.patch} with stride {stride} must tile the "
+            f"{IMAGE_SIZE}x{IMAGE_SIZE} image exactly (try 4, 8 or 16)",
+        )
+    if m.depth <= 0:
+        raise _allowed("model.depth", m.depth, "a positive number of blocks")
+    if m.heads <= 0 or m.dim <= 0 or m.dim % m.heads:
+        raise _allowed("model.dim", m.dim, f"a positive width divisible by heads={m.heads}")
+    if m.mlp_ratio <= 0:
+        raise _allowed("model.mlp_ratio", m.mlp_ratio, "a positive number")
+    cls = m.cls_layer
+    if not (cls in ("first", "last") or (isinstance(cls, int) and 0 <= cls <= m.depth)):
+        raise _allowed("cls_layer", cls, f"first, last or a block index from 0 to {m.depth}")
+
+
+def validate(cfg: DictConfig) -> Settings:
+    """Check the composed config and return typed settings, or raise ConfigError."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    groups = {}
+    for group, options in _SCHEMAS.items():
+        node = plain.get(group) or {}
+        name = node.get("name")
+        if name not in options:
+            raise _allowed(group, name, ", ".join(options))
+        try:
+            merged = OmegaConf.merge(OmegaConf.structured(options[name]), node)
+        except OmegaConfBaseException as err:
+            key = f"{group}.{err.key}" if getattr(err, "key", None) else group
+            raise ConfigError(f"{key} is not valid for {group}={name}: {err.msg}") from None
+        groups[group] = OmegaConf.to_object(merged)
+
+    model, task, data = groups["model"], groups["task"], groups["data"]
+    if isinstance(model, ViTConfig):
+        _validate_vit(model)
+    elif model.stem not in ("cifar", "imagenet"):
+        raise _allowed("model.stem", model.stem, "cifar or imagenet")
+
+    for key in ("epochs", "batch_size", "eval_batch_size"):
+        if plain[key] <= 0:
+            raise _allowed(key, plain[key], "a positive integer")
+    for key in ("pretrain_epochs", "finetune_epochs"):
+        if hasattr(task, key) and getattr(task, key) <= 0:
+            raise _allowed(f"task.{key}", getattr(task, key), "a positive integer")
+    if plain["lr"] <= 0:
+        raise _allowed("lr", plain["lr"], "a positive learning rate")
+    if plain["weight_decay"] < 0:
+        raise _allowed("weight_decay", plain["weight_decay"], "zero or more")
+    if plain["warmup_epochs"] < 0:
+        raise _allowed("warmup_epochs", plain["warmup_epochs"], "zero or more")
+    if not 0 <= plain["label_smoothing"] < 1:
+        raise _allowed("label_smoothing", plain["label_smoothing"], "a number in [0, 1)")
+    if plain["device"] not in ("auto", "cpu", "cuda"):
+        raise _allowed("device", plain["device"], "auto, cpu or cuda")
+
+    if isinstance(task, FinetuneTask):
+        if not task.encoder:
+            raise _allowed("task.encoder", task.encoder, "the path of a saved encoder.pt")
+        if not Path(task.encoder).expanduser().is_file():
+            raise _allowed("task.encoder", task.encoder, "an existing encoder.pt file")
+    if isinstance(data, FolderData):
+        _validate_folder_root(data.root)
+    if not 0 < data.b_fraction < 1:
+        raise _allowed("data.b_fraction", data.b_fraction, "a fraction between 0 and 1")
+    if isinstance(data, SyntheticData):
+        for key in ("n_train", "n_test"):
+            if getattr(data, key) < 10:
+                raise _allowed(f"data.{key}", getattr(data, key), "at least 10 images")
+
+    top = {k: v for k, v in plain.items() if k not in _SCHEMAS}
+    return Settings(model=model, task=task, data=data, **top)
+
+
+def _validate_folder_root(root: Optional[str]) -> None:
+    allowed = "a directory (or .tar.gz of one) holding train/<class>/ and test/<class>/"
+    if not root:
+        raise _allowed("data.root", root, allowed)
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise _allowed("data.root", root, f"{allowed}; it does not exist")
+    if path.is_dir() and not ((path / "train").is_dir() and (path / "test").is_dir()):
+        raise _allowed("data.root", root, f"{allowed}; train/ or test/ is missing")
+    if path.is_file() and not path.name.endswith((".tar.gz", ".tgz", ".tar")):
+        raise _allowed("data.root", root, allowed)

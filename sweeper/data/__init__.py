@@ -1,0 +1,1 @@
+"""Data: sources -> uint8 tensors, the stratified A/B split, device-resident batches."""

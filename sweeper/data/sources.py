@@ -1,0 +1,238 @@
+"""Image sources -> `ImageSet`: uint8 NCHW tensors and int64 labels for train and test.
+
+Three sources: torchvision's CIFAR-10, an image folder (or .tar.gz of one) decoded once into a
+cache, and small synthetic images for tests. Everything after this module sees only tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+from sweeper.config import (
+    IMAGE_SIZE,
+    Cifar10Data,
+    DataConfig,
+    FolderData,
+    SyntheticData,
+)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+CACHE_VERSION = 1
+
+
+class DataError(RuntimeError):
+    """The data cannot be had: its message is the one line shown to the user."""
+
+
+@dataclass
+class ImageSet:
+    x_train: torch.Tensor  # uint8 (N, 3, H, W)
+    y_train: torch.Tensor  # int64 (N,)
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    classes: list[str]
+
+
+def load(cfg: DataConfig) -> ImageSet:
+    if isinstance(cfg, SyntheticData):
+        return synthetic(cfg.n_train, cfg.n_test)
+    if isinstance(cfg, FolderData):
+        return folder(Path(cfg.root).expanduser(), Path(cfg.cache_dir).expanduser())
+    if isinstance(cfg, Cifar10Data):
+        return cifar10(Path(cfg.root).expanduser())
+    raise TypeError(f"unknown data config {cfg!r}")
+
+
+CIFAR_DIR = "cifar-10-batches-py"  # torchvision's layout of the official python release
+CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def cifar10(root: Path) -> ImageSet:
+    """Read torchvision's layout under `root`, downloading it there first if it is absent."""
+    if not all((root / CIFAR_DIR / name).is_file() for name in CIFAR_TRAIN + ["test_batch"]):
+        from torchvision.datasets import CIFAR10
+
+        try:
+            CIFAR10(str(root), train=True, download=True)
+        except Exception as err:  # offline: urllib/socket errors of every kind
+            raise DataError(
+                f"CIFAR-10 is not under data.root={str(root)!r} and could not be downloaded "
+                f"({type(err).__name__}): point data.root at a local copy in torchvision's "
+                f"layout ({CIFAR_DIR}/), or use data=folder data.root=DIR_OR_TAR_GZ"
+            ) from err
+    base = root / CIFAR_DIR
+    with open(base / "batches.meta", "rb") as f:
+        classes = [c.decode() if isinstance(c, bytes) else c for c in _unpickle(f)[b"label_names"]]
+    x_train, y_train = _cifar_batches([base / name for name in CIFAR_TRAIN])
+    x_test, y_test = _cifar_batches([base / "test_batch"])
+    images = ImageSet(x_train, y_train, x_test, y_test, classes)
+    _check(images, str(root))
+    return images
+
+
+def _unpickle(f: BinaryIO) -> dict:
+    return pickle.load(f, encoding="bytes")
+
+
+def _cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for path in paths:
+        with open(path, "rb") as f:
+            batch = _unpickle(f)
+        data = np.ascontiguousarray(batch[b"data"], dtype=np.uint8)
+        xs.append(torch.from_numpy(data).view(-1, 3, IMAGE_SIZE, IMAGE_SIZE))
+        ys.append(torch.tensor(batch[b"labels"], dtype=torch.int64))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def synthetic(n_train: int, n_test: int, seed: int = 0) -> ImageSet:
+    """Deterministic noisy images whose class decides a colour and a stripe orientation."""
+    classes = [f"class{i}" for i in range(10)]
+    g = torch.Generator().manual_seed(seed)
+    n = n_train + n_test
+    y = torch.arange(n) % len(classes)
+    y = y[torch.randperm(n, generator=g)]
+    palette = torch.rand(len(classes), 3, 1, 1, generator=g)
+    coords = torch.arange(IMAGE_SIZE, dtype=torch.float32)
+    freq = 0.3 + 0.15 * (torch.arange(len(classes)) % 5)
+    rows = torch.sin(freq[:, None, None] * coords[None, :, None]).expand(-1, -1, IMAGE_SIZE)
+    stripes = torch.where((torch.arange(len(classes)) % 2 == 0)[:, None, None], rows, rows.mT)
+    clean = 0.5 * palette + 0.25 * (1 + stripes[:, None])  # (classes, 3, H, W) in [0, 1]
+    noisy = clean[y] + 0.15 * torch.randn(n, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    x = (noisy.clamp(0, 1) * 255).round().to(torch.uint8)
+    return ImageSet(x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes)
+
+
+def folder(root: Path, cache_dir: Path) -> ImageSet:
+    """Decode `root` (a directory or a tarball) once; later runs load the uint8 cache."""
+    key = _source_key(root)
+    cache = cache_dir / f"folder-{key}.pt"
+    cached = _read_cache(cache, key)
+    if cached is not None:
+        return cached
+    images = _decode_tar(root) if root.is_file() else _decode_dir(root)
+    _write_cache(cache, key, images)
+    return images
+
+
+def _source_key(root: Path) -> str:
+    """Changes whenever a file of the source is added, removed, resized or touched."""
+    h = hashlib.sha256(f"v{CACHE_VERSION}:{root.resolve()}".encode())
+    if root.is_file():
+        st = root.stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    else:
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                st = path.stat()
+                h.update(f"{path.relative_to(root)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _read_cache(cache: Path, key: str) -> ImageSet | None:
+    """The cached tensors, or None when absent, stale or corrupt (the caller rebuilds)."""
+    if not cache.is_file():
+        return None
+    try:
+        blob = torch.load(cache, weights_only=True)
+        if blob["key"] != key:
+            return None
+        images = ImageSet(**{k: blob[k] for k in ImageSet.__dataclass_fields__})
+        _check(images, str(cache))
+        return images
+    except Exception:
+        return None
+
+
+def _write_cache(cache: Path, key: str, images: ImageSet) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    torch.save({"key": key, **images.__dict__}, tmp)
+    os.replace(tmp, cache)
+
+
+def _class_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
+    """('train'|'test', class) for a path .../<split>/<class>/<file>, else None."""
+    if len(parts) >= 3 and parts[-3] in ("train", "test"):
+        if parts[-1].lower().endswith(IMAGE_SUFFIXES):
+            return parts[-3], parts[-2]
+    return None
+
+
+def _decode_dir(root: Path) -> ImageSet:
+    files = {"train": [], "test": []}
+    for path in sorted(root.rglob("*")):
+        where = _class_of(path.relative_to(root).parts)
+        if where and path.is_file():
+            files[where[0]].append((where[1], path.read_bytes()))
+    return _assemble(files, str(root))
+
+
+def _decode_tar(root: Path) -> ImageSet:
+    files = {"train": [], "test": []}
+    try:
+        with tarfile.open(root) as tar:
+            for member in tar:
+                where = _class_of(Path(member.name).parts) if member.isfile() else None
+                if where:
+                    files[where[0]].append((where[1], tar.extractfile(member).read()))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"data.root={str(root)!r} is not a readable tar archive: {err}") from err
+    return _assemble(files, str(root))
+
+
+def _assemble(files: dict[str, list[tuple[str, bytes]]], where: str) -> ImageSet:
+    classes = sorted({c for c, _ in files["train"]})
+    if not classes or not files["test"]:
+        raise DataError(
+            f"data.root={where!r} holds no images under train/<class>/ and test/<class>/ "
+            f"(png or jpg)"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({c for c, _ in files["test"]} - set(index))
+    if unknown:
+        raise DataError(f"data.root={where!r}: test classes {unknown} are not among train's")
+    out = []
+    for split in ("train", "test"):
+        items = sorted(files[split], key=lambda item: item[0])
+        x = torch.stack([_decode(blob, where) for _, blob in items])
+        y = torch.tensor([index[c] for c, _ in items], dtype=torch.int64)
+        out += [x, y]
+    images = ImageSet(*out, classes=classes)
+    _check(images, where)
+    return images
+
+
+def _decode(blob: bytes, where: str) -> torch.Tensor:
+    try:
+        image = decode_image(torch.frombuffer(bytearray(blob), dtype=torch.uint8), ImageReadMode.RGB)
+    except RuntimeError as err:
+        raise DataError(f"data.root={where!r} holds an image that cannot be decoded: {err}") from err
+    if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(
+            f"data.root={where!r}: images must be {IMAGE_SIZE}x{IMAGE_SIZE}, "
+            f"found {tuple(image.shape[1:])}"
+        )
+    return image
+
+
+def _check(images: ImageSet, where: str) -> None:
+    for x, y in ((images.x_train, images.y_train), (images.x_test, images.y_test)):
+        if x.dtype != torch.uint8 or x.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
+            raise DataError(
+                f"data.root={where!r}: images must be {IMAGE_SIZE}x{IMAGE_SIZE} RGB, "
+                f"found shape {tuple(x.shape[1:])}"
+            )
+        if len(x) != len(y):
+            raise DataError(f"data.root={where!r}: {len(x)} images but {len(y)} labels")
+

@@ -1,0 +1,100 @@
+"""The Vision Transformer, step by step as the assignment lists it.
+
+1-2. cut the image into patches (d1 x d2 x d3) and flatten each into a vector of d1*d2*d3;
+3.   one dense layer with the same W and b for every patch -> Z_1..Z_n, plus a learned
+     embedding of each position 1..n;
+4.   a learned CLS vector Z_0 of the same width;
+6-8. Z_0..Z_n through `depth` blocks of multi-head self-attention and a dense (MLP) layer;
+9.   the output at Z_0 is the image's feature, fed to the classifier by the task.
+`cls_layer` chooses the block before which Z_0 joins (0: the standard ViT; depth: after the
+last block, where it never attends to a patch).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sweeper.config import IMAGE_SIZE, ViTConfig, cls_block, patch_stride
+
+
+class PatchEmbedding(nn.Module):
+    """Steps 1-3: patches -> vectors -> one shared dense layer, plus learned positions."""
+
+    def __init__(self, patch: int, stride: int, dim: int, channels: int = 3) -> None:
+        super().__init__()
+        self.patch, self.stride = patch, stride
+        side = (IMAGE_SIZE - patch) // stride + 1
+        self.num_patches = side * side
+        self.dense = nn.Linear(channels * patch * patch, dim)  # the same W, b for every patch
+        self.position = nn.Parameter(torch.zeros(1, self.num_patches, dim))
+        nn.init.trunc_normal_(self.position, std=0.02)
+
+    def vectors(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, n, C*p*p): each patch flattened channel-major, row-major order."""
+        return F.unfold(x, self.patch, stride=self.stride).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.vectors(x)) + self.position
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(n, t, d))
+
+
+class Block(nn.Module):
+    """Pre-norm: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.embed = PatchEmbedding(cfg.patch, patch_stride(cfg), cfg.dim)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))  # step 4: Z_0
+        nn.init.trunc_normal_(self.cls, std=0.02)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.cls_block = cls_block(cfg)
+        self.feature_dim = cfg.dim
+        self.apply(_init)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.embed(x)
+        for i, block in enumerate(self.blocks):
+            if i == self.cls_block:
+                z = torch.cat([self.cls.expand(len(z), -1, -1), z], dim=1)
+            z = block(z)
+        if self.cls_block == len(self.blocks):
+            z = torch.cat([self.cls.expand(len(z), -1, -1), z], dim=1)
+        return self.norm(z[:, 0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def _init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        nn.init.zeros_(m.bias)

@@ -1,0 +1,25 @@
+"""Supervised classification on the whole training set (the ViT grid and its baselines)."""
+
+from __future__ import annotations
+
+import torch
+
+from sweeper.config import Settings
+from sweeper.data.batches import Batches
+from sweeper.data.sources import ImageSet
+from sweeper.models import Classifier, build_encoder
+from sweeper.tasks import Phase
+
+
+def phases(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
+    model = Classifier(build_encoder(s.model), len(images.classes))
+    return [
+        Phase(
+            name="train",
+            model=model,
+            train=Batches(images.x_train, images.y_train, s.batch_size, True, generator),
+            test=Batches(images.x_test, images.y_test, s.eval_batch_size, False),
+            epochs=s.epochs,
+            generator=generator,
+        )
+    ]

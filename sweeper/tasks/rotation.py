@@ -1,0 +1,125 @@
+"""Part A: the rotation pretext on split A, then fine-tuning on split B; and its baselines.
+
+Pre-training is fed split A's images only: its batches are built without labels, and each
+image appears in all four rotations (0, 90, 180, 270 degrees -> labels 0..3), made on the
+device with `torch.rot90` after the usual crop and flip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from sweeper.checkpoint import atomic_save
+from sweeper.config import ConfigError, FinetuneTask, RotationTask, Settings
+from sweeper.data.batches import Batches
+from sweeper.data.sources import ImageSet
+from sweeper.data.split import stratified_split
+from sweeper.models import Classifier, build_encoder
+from sweeper.tasks import Batch, Phase
+
+ROTATIONS = 4
+ENCODER_FILE = "encoder.pt"
+
+
+def rotate4(x: torch.Tensor) -> Batch:
+    """Every image in all four rotations; label k means rotated by k * 90 degrees."""
+    rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(ROTATIONS)])
+    labels = torch.arange(ROTATIONS, device=x.device).repeat_interleave(len(x))
+    return rotated, labels
+
+
+class Rotated:
+    """Wraps unlabelled batches into rotation-pretext batches (4x the images)."""
+
+    def __init__(self, batches: Batches) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for x, _ in self.batches:
+            yield rotate4(x)
+
+
+def split_a_b(s: Settings, images: ImageSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A's images (no labels), and B's images and labels."""
+    a, b = stratified_split(images.y_train.cpu(), s.data.b_fraction, s.data.split_seed)
+    a, b = a.to(images.x_train.device), b.to(images.x_train.device)
+    return images.x_train[a], images.x_train[b], images.y_train[b]
+
+
+def pretrain_then_finetune(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
+    task: RotationTask = s.task
+    x_a, _, _ = split_a_b(s, images)
+    encoder = build_encoder(s.model)
+    per_batch = max(1, s.batch_size // ROTATIONS)  # a step still sees batch_size examples
+    pretrain = Phase(
+        name="pretrain",
+        model=Classifier(encoder, ROTATIONS),
+        train=Rotated(Batches(x_a, None, per_batch, True, generator)),
+        test=Rotated(Batches(images.x_test, None, max(1, s.eval_batch_size // ROTATIONS), False)),
+        epochs=task.pretrain_epochs,
+        generator=generator,
+        on_end=lambda run_dir: save_encoder(encoder, s, run_dir / ENCODER_FILE),
+    )
+    finetune = _on_b(s, images, generator, encoder, "finetune", task.finetune_epochs, task.freeze_encoder)
+    return [pretrain, finetune]
+
+
+def finetune_saved(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
+    task: FinetuneTask = s.task
+    encoder = build_encoder(s.model)
+    load_encoder(encoder, task.encoder)
+    phase = _on_b(s, images, generator, encoder, "finetune", task.finetune_epochs, task.freeze_encoder)
+    phase.meta["encoder"] = str(Path(task.encoder).expanduser().resolve())
+    return [phase]
+
+
+def scratch_on_b(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
+    """The baseline that says what pre-training bought: the same network, B only, no pretext."""
+    encoder = build_encoder(s.model)
+    return [_on_b(s, images, generator, encoder, "train", s.task.finetune_epochs, False)]
+
+
+def _on_b(
+    s: Settings,
+    images: ImageSet,
+    generator: torch.Generator,
+    encoder: nn.Module,
+    name: str,
+    epochs: int,
+    freeze: bool,
+) -> Phase:
+    _, x_b, y_b = split_a_b(s, images)
+    if freeze:
+        encoder.requires_grad_(False)
+    return Phase(
+        name=name,
+        model=Classifier(encoder, len(images.classes)),
+        train=Batches(x_b, y_b, s.batch_size, True, generator),
+        test=Batches(images.x_test, images.y_test, s.eval_batch_size, False),
+        epochs=epochs,
+        generator=generator,
+        frozen=encoder if freeze else None,
+    )
+
+
+def save_encoder(encoder: nn.Module, s: Settings, path: Path) -> None:
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    atomic_save({"model": s.model.name, "state": state}, path)
+
+
+def load_encoder(encoder: nn.Module, path: str) -> None:
+    try:
+        blob = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+        encoder.load_state_dict(blob["state"])
+    except Exception as err:
+        raise ConfigError(
+            f"task.encoder={path!r} cannot be loaded into this model ({type(err).__name__}): "
+            f"give an encoder.pt saved by task=rotation_pretrain with the same model"
+        ) from err
