@@ -94,6 +94,7 @@ class SyntheticData(DataBase):
     n_test: int = 400
 
 
+VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")  # top-level keys read by model=vit
 ModelConfig = Union[ViTConfig, ResNetConfig]
 TaskConfig = Union[ClassifyTask, RotationTask, FinetuneTask, ScratchTask]
 DataConfig = Union[Cifar10Data, FolderData, SyntheticData]
@@ -104,6 +105,10 @@ class Config:
     model: Any = MISSING
     task: Any = MISSING
     data: Any = MISSING
+    patch: int = 4
+    heads: int = 4
+    overlap: str = "none"
+    cls_layer: Any = "first"
     epochs: int = 25
     batch_size: int = 256
     eval_batch_size: int = 1000
@@ -175,20 +180,22 @@ def _validate_vit(m: ViTConfig) -> None:
     if m.overlap not in ("none", "half"):
         raise _allowed("overlap", m.overlap, "none or half")
     if m.patch <= 0 or m.patch > IMAGE_SIZE:
-        raise _allowed("model.patch", m.patch, f"a patch side from 1 to {IMAGE_SIZE}")
+        raise _allowed("patch", m.patch, f"a patch side from 1 to {IMAGE_SIZE}")
     if m.overlap == "half" and m.patch % 2:
-        raise _allowed("model.patch", m.patch, "an even patch side with overlap=half")
+        raise _allowed("patch", m.patch, "an even patch side with overlap=half")
     stride = patch_stride(m)
     if (IMAGE_SIZE - m.patch) % stride:
         raise _allowed(
-            "model.patch",
+            "patch",
             m.patch,
             f"patches of side {m.patch} with stride {stride} must tile the "
             f"{IMAGE_SIZE}x{IMAGE_SIZE} image exactly (try 4, 8 or 16)",
         )
     if m.depth <= 0:
         raise _allowed("model.depth", m.depth, "a positive number of blocks")
-    if m.heads <= 0 or m.dim <= 0 or m.dim % m.heads:
+    if m.heads <= 0:
+        raise _allowed("heads", m.heads, "a positive number of attention heads")
+    if m.dim <= 0 or m.dim % m.heads:
         raise _allowed("model.dim", m.dim, f"a positive width divisible by heads={m.heads}")
     if m.mlp_ratio <= 0:
         raise _allowed("model.mlp_ratio", m.mlp_ratio, "a positive number")
@@ -210,7 +217,8 @@ def validate(cfg: DictConfig) -> Settings:
             merged = OmegaConf.merge(OmegaConf.structured(options[name]), node)
         except OmegaConfBaseException as err:
             key = f"{group}.{err.key}" if getattr(err, "key", None) else group
-            raise ConfigError(f"{key} is not valid for {group}={name}: {err.msg}") from None
+            reason = str(err.msg).splitlines()[0]
+            raise ConfigError(f"{key} is not valid for {group}={name}: {reason}") from None
         groups[group] = OmegaConf.to_object(merged)
 
     model, task, data = groups["model"], groups["task"], groups["data"]
@@ -250,7 +258,7 @@ def validate(cfg: DictConfig) -> Settings:
             if getattr(data, key) < 10:
                 raise _allowed(f"data.{key}", getattr(data, key), "at least 10 images")
 
-    top = {k: v for k, v in plain.items() if k not in _SCHEMAS}
+    top = {k: v for k, v in plain.items() if k not in _SCHEMAS and k not in VIT_SHAPE}
     return Settings(model=model, task=task, data=data, **top)
 
 

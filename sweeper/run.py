@@ -40,6 +40,9 @@ def run(cfg: DictConfig) -> float:
         fail(str(err), run_dir)
 
     previous = read_summary(run_dir)
+    if previous.get("status") == "complete":
+        print(f"run dir: {run_dir} | already complete, skipped", flush=True)
+        return previous.get("final_test_acc") or 0.0
     base = {
         "task": s.task.name,
         "model": s.model.name,

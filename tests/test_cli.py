@@ -1,0 +1,108 @@
+"""The command line as users type it: composition, sweeps, every option, bad input."""
+
+import pytest
+
+from conftest import metrics, ok, run_dirs, summary, sweeper
+
+COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
+           "lr", "epoch_seconds", "images_per_s"]
+
+
+def test_default_is_the_reports_baseline_vit():
+    out = ok(sweeper("--cfg", "job")).stdout
+    for line in ["name: vit", "patch: 4", "heads: 4", "overlap: none", "cls_layer: first",
+                 "name: classify", "name: cifar10", "epochs: 25"]:
+        assert line in out
+
+
+def test_help_lists_groups_and_options():
+    out = ok(sweeper("--help")).stdout
+    for line in ["patch: 4, 8, 16", "heads: 4, 6, 8, 10, 12", "overlap: none, half",
+                 "cls_layer: first, last, or a block index", "model: resnet18, vit", "data: cifar10, folder, synthetic",
+                 "task: classify, finetune, rotation_pretrain, scratch"]:
+        assert line in out
+
+
+def test_patch_multirun_makes_three_complete_runs(tmp_path, tiny):
+    proc = ok(sweeper("model=vit", "patch=4,8,16", *tiny, f"hydra.sweep.dir={tmp_path}", "-m"))
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 3
+    assert "Epoch: 1 | train loss:" in proc.stdout
+    for d in dirs:
+        rows = metrics(d)
+        assert list(rows[0]) == COLUMNS and len(rows) == 1
+        assert 0 <= float(rows[0]["test_acc"]) <= 1 and float(rows[0]["train_loss"]) > 0
+        s = summary(d)
+        assert s["status"] == "complete" and s["epochs_done"] == 1
+        assert (d / "checkpoint.pt").is_file() and (d / ".hydra" / "config.yaml").is_file()
+    assert sorted(summary(d)["model"] for d in dirs) == ["vit"] * 3
+    patches = sorted(int(d.name.split("patch-")[1].split("+")[0]) for d in dirs)
+    assert patches == [4, 8, 16]
+
+
+@pytest.mark.parametrize("sweep", [
+    ["patch=4,8,16", "overlap=none,half"],
+    ["heads=4,6,8,10,12"],
+    ["cls_layer=0,1,2,3,4,5,6,first,last", "model.depth=6"],
+])
+def test_every_vit_option_trains_one_tiny_epoch(tmp_path, tiny, sweep):
+    ok(sweeper(*tiny, *sweep, f"hydra.sweep.dir={tmp_path}", "-m"))
+    dirs = run_dirs(tmp_path)
+    expected = 1
+    for group in sweep:
+        if not group.startswith("model."):
+            expected *= len(group.split("=")[1].split(","))
+    assert len(dirs) == expected
+    assert all(summary(d)["status"] == "complete" for d in dirs)
+
+
+def test_resnet18_both_stems_and_every_task(tmp_path, tiny):
+    small = [a for a in tiny if not a.startswith("model.")]
+    per_task = {
+        "classify": [],
+        "rotation_pretrain": ["task.pretrain_epochs=1", "task.finetune_epochs=1"],
+        "scratch": ["task.finetune_epochs=1"],
+    }
+    for task, extra in per_task.items():  # one sweep per task: their keys differ
+        ok(sweeper(f"task={task}", "model=resnet18", "model.stem=cifar,imagenet", *small, *extra,
+                   f"hydra.sweep.dir={tmp_path / task}", "-m"))
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 6
+    assert all(summary(d)["status"] == "complete" and summary(d)["model"] == "resnet18" for d in dirs)
+    encoder = run_dirs(tmp_path / "rotation_pretrain")[0] / "encoder.pt"
+    ft = tmp_path / "finetune"
+    ok(sweeper("task=finetune", f"task.encoder={encoder}", "task.finetune_epochs=1", *small,
+               f"hydra.run.dir={ft}"))
+    assert summary(ft)["phases"]["finetune"]["epochs_done"] == 1
+    assert summary(ft)["encoder"] == str(encoder.resolve())
+
+
+@pytest.mark.parametrize("override,message", [
+    (["patch=5"], "patch=5 is not allowed"),
+    (["patch=6", "overlap=half"], "patch=6 is not allowed"),
+    (["heads=0"], "heads=0 is not allowed"),
+    (["model.dim=50", "heads=12"], "model.dim=50 is not allowed: a positive width divisible by heads=12"),
+    (["cls_layer=9"], "cls_layer=9 is not allowed: first, last or a block index from 0 to 2"),
+    (["epochs=0"], "epochs=0 is not allowed: a positive integer"),
+    (["batch_size=-4"], "batch_size=-4 is not allowed: a positive integer"),
+    (["data=folder", "data.root=/nonexistent/cifar"], "data.root='/nonexistent/cifar' is not allowed"),
+    (["data=folder", "data.root=."], "train/ or test/ is missing"),
+    (["model.dim=abc"], "model.dim is not valid for model=vit"),
+    (["task=finetune"], "task.encoder=None is not allowed"),
+])
+def test_bad_input_is_one_clear_line_and_no_output(tmp_path, tiny, override, message):
+    run_dir = tmp_path / "run"
+    if any(o.startswith("data=") for o in override):  # another source: drop synthetic's keys
+        tiny = [a for a in tiny if not a.startswith("data")]
+    proc = sweeper(*tiny, *override, f"hydra.run.dir={run_dir}")
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert not run_dir.exists()
+
+
+def test_unknown_key_and_option_fail_while_composing(tiny):
+    proc = sweeper(*tiny, "model.dimm=3")
+    assert proc.returncode != 0 and "dimm" in proc.stderr
+    proc = sweeper(*tiny, "model=vitt")
+    assert proc.returncode != 0 and "Could not find 'model/vitt'" in proc.stderr

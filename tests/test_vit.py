@@ -1,0 +1,47 @@
+"""The ViT follows the report's steps: patch vectors, one shared dense layer, CLS placement."""
+
+import pytest
+import torch
+
+from sweeper.config import ViTConfig
+from sweeper.models import Classifier, build_encoder
+from sweeper.models.vit import PatchEmbedding
+
+
+@pytest.mark.parametrize("patch,stride", [(4, 4), (8, 8), (16, 16), (4, 2), (8, 4), (16, 8)])
+def test_patch_embedding_is_one_dense_layer_on_flattened_patches(patch, stride):
+    torch.manual_seed(0)
+    embed = PatchEmbedding(patch, stride, dim=12)
+    x = torch.randn(2, 3, 32, 32)
+    starts = range(0, 32 - patch + 1, stride)
+    vectors = torch.stack(
+        [x[:, :, i : i + patch, j : j + patch].reshape(2, -1) for i in starts for j in starts], dim=1
+    )
+    expected = vectors @ embed.dense.weight.T + embed.dense.bias + embed.position
+    assert embed.num_patches == len(starts) ** 2
+    torch.testing.assert_close(embed(x), expected)
+
+
+@pytest.mark.parametrize("patch,overlap,tokens", [(4, "half", 225), (8, "half", 49), (16, "half", 9),
+                                                  (4, "none", 64), (16, "none", 4)])
+def test_token_count_follows_patch_and_overlap(patch, overlap, tokens):
+    vit = build_encoder(ViTConfig(patch=patch, overlap=overlap, dim=24, depth=1))
+    assert vit.embed.position.shape == (1, tokens, 24)
+    assert vit.features(torch.randn(3, 3, 32, 32)).shape == (3, 24)
+
+
+def _logits(cls_layer):
+    torch.manual_seed(0)
+    model = Classifier(build_encoder(ViTConfig(dim=24, depth=3, heads=4, cls_layer=cls_layer)), 10)
+    return model(torch.randn(4, 3, 32, 32))
+
+
+def test_cls_last_never_sees_the_image():
+    logits = _logits("last")
+    torch.testing.assert_close(logits, logits[:1].expand_as(logits))
+
+
+@pytest.mark.parametrize("cls_layer", ["first", 1, 2])
+def test_cls_joining_before_a_block_sees_the_image(cls_layer):
+    logits = _logits(cls_layer)
+    assert not torch.allclose(logits[0], logits[1])
