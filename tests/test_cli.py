@@ -88,7 +88,8 @@ def test_resnet18_both_stems_and_every_task(tmp_path, tiny):
     (["data=folder", "data.root=/nonexistent/cifar"], "data.root='/nonexistent/cifar' is not allowed"),
     (["data=folder", "data.root=."], "train/ or test/ is missing"),
     (["model.dim=abc"], "model.dim is not valid for model=vit"),
-    (["task=finetune"], "task.encoder=None is not allowed"),
+    (["task=finetune", "model=vit"], "task.encoder=None is not allowed"),
+    (["task=finetune", "model=vit", "task.encoder=/no/encoder.pt"], "an existing encoder.pt file"),
 ])
 def test_bad_input_is_one_clear_line_and_no_output(tmp_path, tiny, override, message):
     run_dir = tmp_path / "run"

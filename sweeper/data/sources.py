@@ -7,6 +7,7 @@ cache, and small synthetic images for tests. Everything after this module sees o
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import tarfile
@@ -16,7 +17,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from PIL import Image, UnidentifiedImageError
 
 from sweeper.config import (
     IMAGE_SIZE,
@@ -215,8 +216,9 @@ def _assemble(files: dict[str, list[tuple[str, bytes]]], where: str) -> ImageSet
 
 def _decode(blob: bytes, where: str) -> torch.Tensor:
     try:
-        image = decode_image(torch.frombuffer(bytearray(blob), dtype=torch.uint8), ImageReadMode.RGB)
-    except RuntimeError as err:
+        with Image.open(io.BytesIO(blob)) as img:
+            image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+    except (UnidentifiedImageError, OSError) as err:
         raise DataError(f"data.root={where!r} holds an image that cannot be decoded: {err}") from err
     if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(

@@ -1,0 +1,147 @@
+"""Data sources, the cache, the split and device batches, on tiny self-made data."""
+
+import os
+import pickle
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sweeper.data import sources
+from sweeper.data.batches import Batches, augment
+from sweeper.data.sources import DataError
+
+
+def write_png(img: torch.Tensor, path: Path) -> None:
+    Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
+
+
+def make_tree(root: Path, per_class: int = 3) -> Path:
+    """train/<class>/*.png and test/<class>/*.png with the class in the red channel."""
+    for split in ("train", "test"):
+        for c, name in enumerate(["cat", "ant", "bee"]):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                img = torch.full((3, 32, 32), 10 * i, dtype=torch.uint8)
+                img[0] = 50 * c
+                write_png(img, root / split / name / f"{i}.png")
+    return root
+
+
+def test_folder_reads_sorted_classes_and_labels(tmp_path):
+    images = sources.folder(make_tree(tmp_path / "tree"), tmp_path / "cache")
+    assert images.classes == ["ant", "bee", "cat"]
+    assert images.x_train.shape == (9, 3, 32, 32) and images.x_train.dtype == torch.uint8
+    assert images.x_test.shape == (9, 3, 32, 32)
+    red_by_class = {"cat": 0, "ant": 50, "bee": 100}
+    for x, y in zip(images.x_train, images.y_train):
+        assert x[0, 0, 0].item() == red_by_class[images.classes[y]]
+
+
+def test_folder_reads_a_tarball_like_the_directory(tmp_path):
+    tree = make_tree(tmp_path / "tree")
+    tar_path = tmp_path / "tree.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        tar.add(tree, arcname="cifar")
+    from_dir = sources.folder(tree, tmp_path / "cache")
+    from_tar = sources.folder(tar_path, tmp_path / "cache")
+    assert torch.equal(from_dir.x_train, from_tar.x_train)
+    assert torch.equal(from_dir.y_test, from_tar.y_test)
+
+
+def test_cache_is_reused_then_invalidated_when_the_source_changes(tmp_path, monkeypatch):
+    tree, cache = make_tree(tmp_path / "tree"), tmp_path / "cache"
+    sources.folder(tree, cache)
+    assert len(list(cache.glob("folder-*.pt"))) == 1
+
+    decoded = []
+    real = sources._decode_dir
+    monkeypatch.setattr(sources, "_decode_dir", lambda root: decoded.append(root) or real(root))
+    sources.folder(tree, cache)
+    assert decoded == []  # served from the cache
+
+    extra = tree / "train" / "ant" / "9.png"
+    extra.write_bytes((tree / "train" / "ant" / "0.png").read_bytes())
+    images = sources.folder(tree, cache)
+    assert decoded == [tree] and len(images.x_train) == 10
+
+    stamp = time.time() + 5
+    os.utime(extra, (stamp, stamp))  # touched: the key changes again
+    sources.folder(tree, cache)
+    assert len(decoded) == 2
+
+
+def test_corrupt_cache_is_rebuilt_not_trusted(tmp_path):
+    tree, cache = make_tree(tmp_path / "tree"), tmp_path / "cache"
+    first = sources.folder(tree, cache)
+    blob = next(cache.glob("folder-*.pt"))
+    blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
+    again = sources.folder(tree, cache)
+    assert torch.equal(first.x_train, again.x_train)
+    assert torch.load(blob, weights_only=True)["key"]  # rewritten whole
+
+
+def test_folder_errors_name_the_problem(tmp_path):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "test").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        sources.folder(tmp_path / "empty", tmp_path / "cache")
+    bad = make_tree(tmp_path / "big", per_class=1)
+    write_png(torch.zeros(3, 8, 8, dtype=torch.uint8), bad / "train" / "ant" / "0.png")
+    with pytest.raises(DataError, match="must be 32x32"):
+        sources.folder(bad, tmp_path / "cache")
+
+
+def test_cifar10_reads_torchvisions_layout(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name, n in [(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 3)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(n)]}
+        (base / name).write_bytes(pickle.dumps(batch))
+    (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane"] * 10}))
+    images = sources.cifar10(tmp_path)
+    assert images.x_train.shape == (20, 3, 32, 32) and images.x_test.shape == (3, 3, 32, 32)
+    first = pickle.loads((base / "data_batch_1").read_bytes())[b"data"][0]
+    assert torch.equal(images.x_train[0].flatten(), torch.from_numpy(first))
+
+
+def test_cifar10_offline_says_what_to_do(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(DataError, match="point data.root at a local copy.*or use data=folder"):
+        sources.cifar10(tmp_path)
+
+
+def test_synthetic_is_deterministic_and_balanced():
+    a, b = sources.synthetic(200, 50), sources.synthetic(200, 50)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test)
+    assert a.y_train.bincount().min() >= 15
+
+
+def test_augment_keeps_shape_and_is_a_crop_or_flip_of_the_padded_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
+    out = augment(x, g)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (4,) * 4, mode="reflect")
+    for i in range(2):
+        windows = [padded[i, :, r : r + 32, c : c + 32] for r in range(9) for c in range(9)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
+
+
+def test_batches_cover_every_image_once_per_epoch():
+    x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 32, 32).contiguous()
+    y = torch.arange(10)
+    seen = torch.cat([yb for _, yb in Batches(x, y, 4, True, torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == list(range(10))
+    ordered = [yb.tolist() for _, yb in Batches(x, y, 4, False)]
+    assert ordered == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
