@@ -23,7 +23,12 @@ from sweeper.train import Outcome, Trainer
 
 def run(cfg: DictConfig) -> float:
     """Train one configuration in Hydra's output dir; returns the final test accuracy."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    summary = execute(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return summary.get("final_test_acc") or 0.0
+
+
+def execute(cfg: DictConfig, run_dir: Path, max_epochs: int | None = None) -> dict[str, Any]:
+    """Validate, load, train and record one run in `run_dir`; returns its summary."""
     started = time.time()
     try:
         s = validate(cfg)
@@ -39,10 +44,11 @@ def run(cfg: DictConfig) -> float:
     except (ConfigError, sources.DataError) as err:
         fail(str(err), run_dir)
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     previous = read_summary(run_dir)
     if previous.get("status") == "complete":
         print(f"run dir: {run_dir} | already complete, skipped", flush=True)
-        return previous.get("final_test_acc") or 0.0
+        return previous
     base = {
         "task": s.task.name,
         "model": s.model.name,
@@ -62,12 +68,12 @@ def run(cfg: DictConfig) -> float:
         summarise(run_dir, base, "running", prior_seconds + time.time() - started)
 
     summarise(run_dir, base, "running", prior_seconds)
-    outcome: Outcome = Trainer(s, device, run_dir, log).fit(phases)
+    outcome: Outcome = Trainer(s, device, run_dir, log, max_epochs).fit(phases)
     summary = summarise(run_dir, base, outcome.status, prior_seconds + time.time() - started,
                         outcome.detail)
     if outcome.status != "complete":
         print(f"run {outcome.status}: {outcome.detail}", flush=True)
-    return summary.get("final_test_acc") or 0.0
+    return summary
 
 
 def pick_device(name: str) -> torch.device:

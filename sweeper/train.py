@@ -26,7 +26,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 
 @dataclass
 class Outcome:
-    status: str  # complete | preempted | diverged
+    status: str  # complete | preempted | diverged | stopped
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -76,8 +76,11 @@ def make_optimizer(model: nn.Module, s: Settings, device: torch.device) -> torch
 
 class Trainer:
     def __init__(self, s: Settings, device: torch.device, run_dir: Path,
-                 log: Callable[[dict[str, Any]], None]) -> None:
+                 log: Callable[[dict[str, Any]], None], max_epochs: Optional[int] = None) -> None:
+        """`max_epochs` stops each phase after that many epochs of its unchanged schedule
+        (status `stopped`): the benchmark's "k epochs of the normal schedule"."""
         self.s, self.device, self.run_dir, self.log = s, device, run_dir, log
+        self.max_epochs = max_epochs
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
         )
@@ -124,6 +127,8 @@ class Trainer:
         step_model = torch.compile(model) if s.compile and device.type == "cuda" else model
 
         for epoch in range(first_epoch, phase.epochs):
+            if self.max_epochs is not None and epoch - first_epoch >= self.max_epochs:
+                return Outcome("stopped", {"phase": phase.name, "epoch": epoch})
             epoch_start_rng = (
                 partial["generator"] if partial else phase.generator.get_state()
             )
