@@ -1,0 +1,111 @@
+"""Tables -> PNG figures: per-epoch curves, final accuracy bars, time per run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display is needed or wanted
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.collect import RESULT_PHASES  # noqa: E402
+from analysis.tables import REFERENCE_KEYS, Table  # noqa: E402
+
+plt.rcParams.update({"figure.dpi": 110, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
+
+
+def slug(title: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in title.lower()).strip("_")[:60]
+
+
+def curves(table: Table, epochs: pd.DataFrame, path: Path,
+           reference: Optional[pd.DataFrame] = None, configs: Optional[dict] = None) -> Path:
+    """Test accuracy and loss per epoch: a line per setting (mean over seeds, band min..max)."""
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    rows = epochs[epochs["run"].isin(table.runs["run"]) & epochs["phase"].isin(RESULT_PHASES)]
+    labels = table.runs.set_index("run")["label"]
+    rows = rows.assign(label=rows["run"].map(labels))
+    for i, name in enumerate(table.stats["label"]):
+        mine = rows[rows["label"] == name]
+        if mine.empty:
+            continue
+        colour = f"C{i % 10}"
+        for ax, metric, scale in ((acc_ax, "test_acc", 100), (loss_ax, "test_loss", 1)):
+            by_epoch = mine.groupby("epoch")[metric]
+            mean = by_epoch.mean() * scale
+            ax.plot(mean.index, mean.values, color=colour, label=name, lw=1.8)
+            if mine["run"].nunique() > 1:
+                ax.fill_between(mean.index, by_epoch.min() * scale, by_epoch.max() * scale,
+                                color=colour, alpha=0.2, lw=0)
+        if reference is not None and configs is not None:
+            ref = _reference_curve(configs.get(mine["run"].iloc[0], {}), reference)
+            if ref is not None:
+                acc_ax.plot(ref["epoch"], 100 * ref["test_acc"], color=colour, ls="--", lw=1.2,
+                            label=f"{name} (report)")
+                loss_ax.plot(ref["epoch"], ref["test_loss"], color=colour, ls="--", lw=1.2)
+    acc_ax.set(title="Test accuracy", xlabel="epoch", ylabel="test accuracy (%)")
+    loss_ax.set(title="Test loss", xlabel="epoch", ylabel="cross-entropy (mean per image)")
+    acc_ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(table.title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _reference_curve(config: dict, reference: pd.DataFrame) -> Optional[pd.DataFrame]:
+    if config.get("model.name") != "vit" or config.get("task.name") != "classify":
+        return None
+    match = reference[reference["task"] == "vit"]
+    for key in REFERENCE_KEYS:
+        match = match[match[key].astype(str) == str(config.get(key))]
+    if match.empty:
+        return None
+    first = match["experiment"].iloc[0]
+    return match[match["experiment"] == first].sort_values("epoch")
+
+
+def final_bars(table: Table, path: Path) -> Path:
+    """Final test accuracy per setting, error bars one standard deviation over seeds."""
+    stats = table.stats
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(stats) + 2), 4.5))
+    std = stats["final_test_acc_std"].fillna(0) * 100
+    x = range(len(stats))
+    ax.bar(x, stats["final_test_acc_mean"] * 100, yerr=std, capsize=4,
+           color=[f"C{i % 10}" for i in x])
+    if "report_test_acc" in stats and stats["report_test_acc"].notna().any():
+        ax.scatter(x, stats["report_test_acc"] * 100, marker="_", s=400, color="black",
+                   label="report", zorder=3)
+        ax.legend()
+    for i, (m, n) in enumerate(zip(stats["final_test_acc_mean"], stats["final_test_acc_n"])):
+        if not math.isnan(m):
+            ax.annotate(f"{100 * m:.1f}\n(n={n})", (i, 100 * m), ha="center", va="bottom", fontsize=8,
+                        xytext=(0, 3), textcoords="offset points")
+    ax.set_xticks(list(x), stats["label"], rotation=20, ha="right", fontsize=8)
+    ax.set(title=f"{table.title}: final test accuracy", ylabel="test accuracy (%)", ylim=(0, 105))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def run_times(runs: pd.DataFrame, path: Path) -> Path:
+    """Wall time of every run, coloured by task."""
+    ordered = runs.sort_values("wall_seconds")
+    fig, ax = plt.subplots(figsize=(9, max(3, 0.3 * len(ordered) + 1.5)))
+    tasks = {t: f"C{i % 10}" for i, t in enumerate(sorted(ordered["task"].unique()))}
+    ax.barh(range(len(ordered)), ordered["wall_seconds"] / 60,
+            color=[tasks[t] for t in ordered["task"]])
+    ax.set_yticks(range(len(ordered)), ordered["run"], fontsize=7)
+    ax.set(title="Time per run", xlabel="wall time (minutes)")
+    for task, colour in tasks.items():
+        ax.barh([], [], color=colour, label=task)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

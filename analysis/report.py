@@ -1,0 +1,122 @@
+"""`python -m analysis.report OUTPUTS_DIR`: every run below a directory -> tables and plots.
+
+Writes runs.csv, epochs.csv, report.md, PNG plots and index.html to OUTPUTS_DIR/report/
+(or --out DIR). Exit code 2, with one line, when there is nothing to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import plots
+from analysis.collect import collect
+from analysis.tables import REFERENCE_KEYS, build_tables, markdown, write_runs_csv
+from sweeper.reference import seed_results_path
+
+REFERENCES = {"seed": seed_results_path}
+
+
+def build(root: Path, out: Path, reference: str | None = None) -> list[str]:
+    """Write the report into `out` (replacing it whole at the end); returns problem lines."""
+    col = collect(root, skip=out)
+    if col.runs.empty:
+        raise SystemExit(_fail(f"no runs with a usable metrics.csv under {root}"
+                               + (f" ({len(col.problems)} skipped)" if col.problems else "")))
+    ref = (pd.read_csv(REFERENCES[reference](), dtype={k: str for k in REFERENCE_KEYS})
+           if reference else None)
+    tables = build_tables(col, ref)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent))
+    write_runs_csv(col, staging / "runs.csv")
+    col.epochs.to_csv(staging / "epochs.csv", index=False)
+
+    md = [f"# Report: {root}", "",
+          f"{len(col.runs)} runs; statuses: " + ", ".join(
+              f"{s} {n}" for s, n in col.runs["status"].value_counts().items()), ""]
+    if ref is not None:
+        md += ["Reference: the assignment report's own numbers (dashed lines, `report` columns), "
+               "from `sweeper/reference/seed_results.csv`.", ""]
+    figures: list[tuple[str, list[str]]] = []
+    for table in tables:
+        name = plots.slug(table.title)
+        pngs = [plots.curves(table, col.epochs, staging / f"{name}_curves.png", ref, col.configs).name,
+                plots.final_bars(table, staging / f"{name}_final.png").name]
+        md += [f"## {table.title}", "", table.verdict, "", markdown(table), ""]
+        md += [f"![{table.title}]({png})" for png in pngs] + [""]
+        figures.append((table.title, pngs))
+    times = plots.run_times(col.runs, staging / "run_times.png").name
+    md += ["## Time per run", "", f"![Time per run]({times})", ""]
+    if col.problems:
+        md += ["## Skipped", ""] + [f"- {p}" for p in col.problems] + [""]
+    (staging / "report.md").write_text("\n".join(md))
+    (staging / "index.html").write_text(_html(root, tables, figures, times, col.problems))
+
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return col.problems
+
+
+def _html(root: Path, tables, figures, times: str, problems: list[str]) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Report: {html.escape(str(root))}</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}</style>",
+             f"</head><body><h1>Report: {html.escape(str(root))}</h1>"]
+    for table, (_, pngs) in zip(tables, figures):
+        parts.append(f"<h2>{html.escape(table.title)}</h2><p>{html.escape(table.verdict)}</p>")
+        parts.append(_md_table_to_html(markdown(table)))
+        parts += [f"<img src='{png}' alt='{html.escape(table.title)}'>" for png in pngs]
+    parts.append(f"<h2>Time per run</h2><img src='{times}' alt='time per run'>")
+    if problems:
+        parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>")
+    return "\n".join(parts) + "</body></html>\n"
+
+
+def _md_table_to_html(md: str) -> str:
+    lines = md.splitlines()
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    head, body = cells[0], cells[2:]
+
+    def cell(text: str, tag: str) -> str:
+        if text.startswith("**") and text.endswith("**"):
+            return f"<{tag}><b>{html.escape(text[2:-2])}</b></{tag}>"
+        return f"<{tag}>{html.escape(text)}</{tag}>"
+
+    rows = ["<tr>" + "".join(cell(c, "th") for c in head) + "</tr>"]
+    rows += ["<tr>" + "".join(cell(c, "td") for c in row) + "</tr>" for row in body]
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__)
+    parser.add_argument("root", type=Path, help="a directory of runs, e.g. outputs/")
+    parser.add_argument("--out", type=Path, help="where to write (default: ROOT/report)")
+    parser.add_argument("--reference", choices=sorted(REFERENCES),
+                        help="overlay a reference's numbers (seed: the assignment report's)")
+    args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        return _fail(f"{args.root} is not a directory of runs")
+    out = (args.out or args.root / "report").resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    problems = build(args.root, out, args.reference)
+    for problem in problems:
+        print(f"skipped: {problem}")
+    print(f"report written to {out} (report.md, index.html, runs.csv, epochs.csv, PNG plots)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Runs -> comparison tables: one per experiment family, mean ± std over seeds, with a verdict.
+
+Families never mix tasks: the ViT grid (task=classify) and part A (rotation pre-training and
+its baselines) are compared separately. Within the ViT grid a family varies its own keys
+(patch x overlap; heads; CLS layer; anything else) with every other setting held at the value
+most runs share.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from analysis.collect import Collection
+
+FAMILIES = [
+    ("Patch size x overlap", ["patch", "overlap"]),
+    ("Attention heads", ["heads"]),
+    ("CLS token layer", ["cls_layer"]),
+]
+PART_A = ("rotation_pretrain", "finetune", "scratch")
+# (column, heading, True when larger is better)
+METRICS = [
+    ("final_test_acc", "final test acc", True),
+    ("best_test_acc", "best test acc", True),
+    ("final_test_loss", "final test loss", False),
+    ("rotation_test_acc", "rotation test acc", True),
+    ("wall_seconds", "time (s)", False),
+]
+REFERENCE_KEYS = ("patch", "heads", "overlap", "cls_layer")
+
+
+@dataclass
+class Table:
+    title: str
+    keys: list[str]  # the columns that name a setting
+    stats: pd.DataFrame  # a row per setting: keys, label, <metric>_mean/_std/_n, reference
+    verdict: str
+    runs: pd.DataFrame  # the runs aggregated here, with a `label` column
+
+
+def label(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items()) or "all runs"
+
+
+def _variant(config: dict[str, Any]) -> str:
+    task, frozen = config.get("task.name"), config.get("task.freeze_encoder")
+    head = "linear probe" if frozen else "fine-tuned"
+    if task == "rotation_pretrain":
+        return f"rotation pre-training, {head}"
+    if task == "finetune":
+        return f"saved encoder, {head}"
+    return "from scratch on B"
+
+
+def build_tables(col: Collection, reference: Optional[pd.DataFrame] = None) -> list[Table]:
+    runs = col.runs
+    if runs.empty:
+        return []
+    tables = []
+    vit = runs[runs["task"] == "classify"]
+    if len(vit):
+        tables += _grid_tables(col, vit, reference)
+    part_a = runs[runs["task"].isin(PART_A)].copy()
+    if len(part_a):
+        part_a["variant"] = [_variant(col.configs.get(r, {})) for r in part_a["run"]]
+        others = [k for k in _varying(part_a, col.settings) if not k.startswith("task.")]
+        tables.append(_table("Part A: rotation pre-training vs baselines", part_a,
+                             ["variant", *others], col, None))
+    other = runs[~runs["task"].isin(("classify", *PART_A))]
+    for task, group in other.groupby("task"):
+        tables.append(_table(f"Task {task}", group, _varying(group, col.settings), col, None))
+    return tables
+
+
+def _varying(runs: pd.DataFrame, settings: list[str]) -> list[str]:
+    return [k for k in settings if k in runs and runs[k].astype(str).nunique() > 1]
+
+
+def _mode(runs: pd.DataFrame, key: str) -> Any:
+    return runs[key].astype(str).mode().iloc[0]
+
+
+def _grid_tables(col: Collection, runs: pd.DataFrame, reference) -> list[Table]:
+    varying = _varying(runs, col.settings)
+    if not varying:
+        return [_table("ViT runs", runs, [], col, reference)]
+    tables = []
+    families = [(t, [k for k in keys if k in varying]) for t, keys in FAMILIES]
+    rest = [k for k in varying if all(k not in keys for _, keys in FAMILIES)]
+    if rest:
+        families.append(("Other settings", rest))
+    for title, keys in families:
+        if not keys:
+            continue
+        held = [k for k in varying if k not in keys]
+        mask = pd.Series(True, index=runs.index)
+        for k in held:
+            mask &= runs[k].astype(str) == _mode(runs, k)
+        chosen = runs[mask]
+        if chosen[keys].astype(str).drop_duplicates().shape[0] < 2:
+            continue
+        if held:
+            title += " (" + label({k: _mode(runs, k) for k in held}) + ")"
+        tables.append(_table(title, chosen, keys, col, reference))
+    return tables
+
+
+def _table(title: str, runs: pd.DataFrame, keys: list[str], col: Collection, reference) -> Table:
+    runs = runs.copy()
+    runs["label"] = [label({k: r[k] for k in keys}) for _, r in runs.iterrows()]
+    rows = []
+    for name, group in runs.groupby("label", sort=False):
+        row: dict[str, Any] = {"label": name, **{k: group[k].iloc[0] for k in keys}}
+        for metric, _, _ in METRICS:
+            values = group[metric].dropna() if metric in group else pd.Series(dtype=float)
+            row[f"{metric}_mean"] = values.mean() if len(values) else math.nan
+            row[f"{metric}_std"] = values.std() if len(values) > 1 else math.nan
+            row[f"{metric}_n"] = len(values)
+        row["statuses"] = ", ".join(sorted(set(group["status"])))
+        if reference is not None:
+            row["report_test_acc"] = _reference_acc(col.configs.get(group["run"].iloc[0], {}), reference)
+        rows.append(row)
+    stats = pd.DataFrame(rows)
+    stats = stats.sort_values("final_test_acc_mean", ascending=False, na_position="last")
+    return Table(title, keys, stats.reset_index(drop=True), _verdict(stats), runs)
+
+
+def _reference_acc(config: dict[str, Any], reference: pd.DataFrame) -> float:
+    """The report's final test accuracy for the same ViT shape, or NaN."""
+    if config.get("model.name") != "vit":
+        return math.nan
+    match = reference[reference["task"] == "vit"]
+    for key in REFERENCE_KEYS:
+        match = match[match[key].astype(str) == str(config.get(key))]
+    if match.empty:
+        return math.nan
+    final = match[match["epoch"] == match["epoch"].max()]
+    return float(final["test_acc"].iloc[0])
+
+
+def _verdict(stats: pd.DataFrame) -> str:
+    ranked = stats.dropna(subset=["final_test_acc_mean"])
+    if len(ranked) < 2:
+        return "One setting only: nothing to compare."
+    best, second = ranked.iloc[0], ranked.iloc[1]
+    gap = 100 * (best["final_test_acc_mean"] - second["final_test_acc_mean"])
+    text = (f"{best['label']} wins on final test accuracy: {100 * best['final_test_acc_mean']:.2f} % "
+            f"against {100 * second['final_test_acc_mean']:.2f} % for {second['label']} "
+            f"(+{gap:.2f} points).")
+    spreads = [s for s in (best["final_test_acc_std"], second["final_test_acc_std"]) if not math.isnan(s)]
+    if not spreads:
+        return text + " One seed per setting: no seed-to-seed spread to judge the gap by."
+    spread = 100 * max(spreads)
+    if gap <= spread:
+        return text + f" The gap is inside the seed-to-seed spread (std up to {spread:.2f} points): not a reliable win."
+    return text + f" The gap exceeds the seed-to-seed spread (std up to {spread:.2f} points)."
+
+
+def _cell(mean: float, std: float, n: int, percent: bool) -> str:
+    if n == 0 or math.isnan(mean):
+        return "—"
+    scale, unit = (100, " %") if percent else (1, "")
+    text = f"{scale * mean:.2f}"
+    if not math.isnan(std):
+        text += f" ± {scale * std:.2f}"
+    return f"{text}{unit} (n={n})"
+
+
+def markdown(table: Table) -> str:
+    """The table as GitHub markdown, the best value of each column in bold."""
+    metrics = [m for m in METRICS if table.stats[f"{m[0]}_n"].sum() > 0]
+    head = ["setting", *[h for _, h, _ in metrics], "status"]
+    has_ref = "report_test_acc" in table.stats and table.stats["report_test_acc"].notna().any()
+    if has_ref:
+        head.insert(2, "report final test acc")
+    best = {}
+    for metric, _, larger in metrics:
+        col = table.stats[f"{metric}_mean"].dropna()
+        if len(col) > 1:
+            best[metric] = col.max() if larger else col.min()
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in table.stats.iterrows():
+        cells = [row["label"]]
+        for metric, _, _ in metrics:
+            percent = metric.endswith("_acc")
+            cell = _cell(row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_n"], percent)
+            if metric in best and row[f"{metric}_mean"] == best[metric]:
+                cell = f"**{cell}**"
+            cells.append(cell)
+        if has_ref:
+            ref = row.get("report_test_acc", math.nan)
+            cells.insert(2, "—" if math.isnan(ref) else f"{100 * ref:.2f} %")
+        cells.append(row["statuses"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_runs_csv(col: Collection, path: Path) -> None:
+    columns = ["run", "task", "status", "seed", *col.settings, "epochs_done", "final_test_acc",
+               "best_test_acc", "final_test_loss", "best_test_loss", "rotation_test_acc", "wall_seconds"]
+    col.runs.reindex(columns=columns).to_csv(path, index=False)
