@@ -40,6 +40,8 @@ def find_run_dirs(root: Path, skip: Path | None = None) -> list[Path]:
     for name in ("metrics.csv", "summary.json", ".hydra/config.yaml"):
         for path in root.rglob(name):
             found.add(path.parent.parent if name.startswith(".hydra") else path.parent)
+    # Hidden folders hold what is not a run of its own (.hydra, .previous/ of resume=false).
+    found = {d for d in found if not any(p.startswith(".") for p in d.relative_to(root).parts)}
     if skip is not None:
         skip = skip.resolve()
         found = {d for d in found if d.resolve() != skip and skip not in d.resolve().parents}

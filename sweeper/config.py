@@ -58,6 +58,7 @@ class RotationTask:
 class FinetuneTask:
     name: str = "finetune"
     finetune_epochs: int = 25
+    pretrain_epochs: int = 50  # unused; present so one part-A sweep can set it for every task
     encoder: Optional[str] = None
     freeze_encoder: bool = False
 
@@ -66,6 +67,7 @@ class FinetuneTask:
 class ScratchTask:
     name: str = "scratch"
     finetune_epochs: int = 25
+    pretrain_epochs: int = 50  # unused; present so one part-A sweep can set it for every task
 
 
 @dataclass
@@ -119,6 +121,7 @@ class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     compile: bool = False
+    resume: bool = True
 
 
 @dataclass
@@ -138,6 +141,7 @@ class Settings:
     seed: int
     device: str
     compile: bool
+    resume: bool
 
 
 _SCHEMAS = {

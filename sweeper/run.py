@@ -15,24 +15,55 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from sweeper import records
-from sweeper.config import ConfigError, validate
+from sweeper.config import ConfigError, Settings, validate
 from sweeper.data import sources
+from sweeper.lock import LOCK_FILE, run_lock
 from sweeper.tasks import Phase, build_phases
 from sweeper.train import Outcome, Trainer
+
+
+# A rerun leaves these alone: `complete` is done, and a `diverged` run would diverge again.
+FINISHED = ("complete", "diverged")
 
 
 def run(cfg: DictConfig) -> float:
     """Train one configuration in Hydra's output dir; returns the final test accuracy."""
     summary = execute(cfg, Path(HydraConfig.get().runtime.output_dir))
+    if summary.get("status") == "preempted":
+        print("pre-empted: rerun the same command to resume", flush=True)
+        raise SystemExit(0)  # stop the whole sweep here: the signal was meant for this process
     return summary.get("final_test_acc") or 0.0
 
 
 def execute(cfg: DictConfig, run_dir: Path, max_epochs: int | None = None) -> dict[str, Any]:
-    """Validate, load, train and record one run in `run_dir`; returns its summary."""
-    started = time.time()
+    """Validate, then (holding the run dir's lock) load, train and record one run."""
     try:
         s = validate(cfg)
         device = pick_device(s.device)
+    except ConfigError as err:
+        fail(str(err), run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir) as held_by:
+        if held_by:
+            print(f"run dir: {run_dir} | {held_by}: skipped", flush=True)
+            return read_summary(run_dir)
+        if not s.resume:
+            move_aside(run_dir)
+        previous = read_summary(run_dir)
+        if previous.get("status") in FINISHED:
+            print(f"run dir: {run_dir} | already {previous['status']}: skipped", flush=True)
+            return previous
+        try:
+            return _train(s, device, run_dir, previous, max_epochs)
+        except OSError as err:  # disk full, unwritable dir: what was written stays valid
+            print(f"error: cannot write the run directory {run_dir}: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from err
+
+
+def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str, Any],
+           max_epochs: int | None) -> dict[str, Any]:
+    started = time.time()
+    try:
         images = sources.load(s.data)
         torch.manual_seed(s.seed)
         generator = torch.Generator(device).manual_seed(s.seed)
@@ -43,12 +74,6 @@ def execute(cfg: DictConfig, run_dir: Path, max_epochs: int | None = None) -> di
         phases = build_phases(s, on_device, generator)
     except (ConfigError, sources.DataError) as err:
         fail(str(err), run_dir)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    previous = read_summary(run_dir)
-    if previous.get("status") == "complete":
-        print(f"run dir: {run_dir} | already complete, skipped", flush=True)
-        return previous
     base = {
         "task": s.task.name,
         "model": s.model.name,
@@ -74,6 +99,17 @@ def execute(cfg: DictConfig, run_dir: Path, max_epochs: int | None = None) -> di
     if outcome.status != "complete":
         print(f"run {outcome.status}: {outcome.detail}", flush=True)
     return summary
+
+
+def move_aside(run_dir: Path) -> None:
+    """`resume=false`: the run's earlier files go to .previous/<time>/, never deleted."""
+    keep = {".hydra", LOCK_FILE, ".previous"}
+    old = [p for p in run_dir.iterdir() if p.name not in keep]
+    if old:
+        aside = run_dir / ".previous" / time.strftime("%Y%m%d-%H%M%S")
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in old:
+            os.replace(path, aside / path.name)
 
 
 def pick_device(name: str) -> torch.device:
@@ -132,7 +168,7 @@ def summarise(run_dir: Path, base: dict[str, Any], status: str, seconds: float,
 def fail(message: str, run_dir: Path) -> None:
     """One line on stderr, exit code 2, and no output left behind by this run."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    ours = [p for p in run_dir.iterdir() if p.name != ".hydra"] if run_dir.is_dir() else []
+    ours = [p for p in run_dir.iterdir() if p.name not in (".hydra", LOCK_FILE)] if run_dir.is_dir() else []
     if run_dir.is_dir() and not ours:
         shutil.rmtree(run_dir, ignore_errors=True)
         parent = run_dir.parent

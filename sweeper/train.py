@@ -111,6 +111,8 @@ class Trainer:
     def _run_phase(self, index: int, phase: Phase, state: Optional[dict]) -> Outcome:
         s, device = self.s, self.device
         model = phase.model.to(device)
+        if phase.frozen is not None:  # frozen from this phase on: the optimiser never sees it
+            phase.frozen.requires_grad_(False)
         if device.type == "cuda":  # convolutions run faster on NHWC tensors with bf16
             model = model.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(model, s, device)

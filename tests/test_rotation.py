@@ -19,7 +19,7 @@ def settings(task, **data) -> Settings:
         model=ViTConfig(dim=24, depth=1, heads=4, patch=8), task=task,
         data=SyntheticData(n_train=100, n_test=20, **data), epochs=1, batch_size=16,
         eval_batch_size=50, lr=1e-3, weight_decay=0.05, warmup_epochs=0, label_smoothing=0.0,
-        seed=0, device="cpu", compile=False,
+        seed=0, device="cpu", compile=False, resume=True,
     )
 
 
@@ -95,7 +95,11 @@ def test_end_to_end_writes_both_phases_and_a_summary(tmp_path):
 
 
 def test_linear_probe_leaves_the_encoder_unchanged(tmp_path):
-    run_dir = run_pipeline(tmp_path, "task.freeze_encoder=true")
+    run_dir = run_pipeline(tmp_path / "probe", "task.freeze_encoder=true")
+    full = run_pipeline(tmp_path / "full")
+    scores = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    pre = [[r[k] for k in scores] for r in metrics(run_dir)[:2]]
+    assert pre == [[r[k] for k in scores] for r in metrics(full)[:2]]  # pre-training is not frozen
     pretrained = torch.load(run_dir / ENCODER_FILE, weights_only=True)["state"]
     final = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
     for name, tensor in pretrained.items():

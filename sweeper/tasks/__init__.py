@@ -32,7 +32,7 @@ class Phase:
     test: Iterable[Batch]
     epochs: int
     generator: torch.Generator  # the one source of randomness in `train`: saved with checkpoints
-    frozen: Optional[nn.Module] = None  # kept in eval mode with no gradients (linear probe)
+    frozen: Optional[nn.Module] = None  # no gradients, eval mode, in this phase (linear probe)
     on_end: Optional[Callable[[Path], None]] = None  # called with the run dir when it completes
     meta: dict = field(default_factory=dict)  # extra summary fields, e.g. which encoder was loaded
 

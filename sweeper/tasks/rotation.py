@@ -96,8 +96,6 @@ def _on_b(
     freeze: bool,
 ) -> Phase:
     _, x_b, y_b = split_a_b(s, images)
-    if freeze:
-        encoder.requires_grad_(False)
     return Phase(
         name=name,
         model=Classifier(encoder, len(images.classes)),
