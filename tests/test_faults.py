@@ -1,0 +1,204 @@
+"""Scale-out and fault tolerance: resume after kill -9 and SIGTERM, divergence, corrupt
+checkpoints, two writers, parallel launchers, full disks, and the presets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from conftest import ROOT, TINY, metrics, ok, run_dirs, summary, sweeper
+from sweeper.config import register_configs, validate
+from sweeper.lock import run_lock
+
+# Long enough (about a second per epoch) to be interrupted mid-run.
+SLOW = [a for a in TINY if not a.startswith(("data.n_train", "epochs", "model.dim"))] + [
+    "data.n_train=1000", "epochs=3", "model.dim=48"]
+SCORES = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+
+
+def scores(run_dir: Path) -> list[list[str]]:
+    return [[r[k] for k in SCORES] for r in metrics(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> list[list[str]]:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    ok(sweeper(*SLOW, f"hydra.run.dir={run_dir}"))
+    return scores(run_dir)
+
+
+def start(run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sweeper", *SLOW, f"hydra.run.dir={run_dir}"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen) -> None:
+    """Until the first epoch's checkpoint is on disk (it is renamed into place whole)."""
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (run_dir / "checkpoint.pt").exists():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint written: exit {proc.poll()}")
+
+
+def test_kill_9_then_rerun_resumes_without_repeated_rows(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir)
+    wait_for_checkpoint(run_dir, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(metrics(run_dir)) < 3 and summary(run_dir)["status"] == "running"
+    again = ok(sweeper(*SLOW, f"hydra.run.dir={run_dir}"))
+    assert "Epoch: 1 |" not in again.stdout  # resumed, not restarted
+    assert scores(run_dir) == uninterrupted
+    assert summary(run_dir)["status"] == "complete"
+    assert not (run_dir / ".lock").exists()
+
+
+def test_sigterm_mid_epoch_checkpoints_exits_cleanly_and_resumes(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir)
+    wait_for_checkpoint(run_dir, proc)
+    proc.send_signal(signal.SIGTERM)  # in the second epoch: it stops after the current step
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "pre-empted: rerun the same command to resume" in out
+    assert summary(run_dir)["status"] == "preempted"
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["partial"]["step"] >= 0
+    ok(sweeper(*SLOW, f"hydra.run.dir={run_dir}"))
+    assert scores(run_dir) == uninterrupted
+
+
+def test_truncated_checkpoint_is_moved_aside_and_the_run_completes(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = start(run_dir)
+    wait_for_checkpoint(run_dir, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = run_dir / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    again = ok(sweeper(*SLOW, f"hydra.run.dir={run_dir}"))
+    assert "checkpoint" in again.stdout and "unreadable" in again.stdout
+    assert list(run_dir.glob("checkpoint.pt.corrupt-*"))
+    assert scores(run_dir) == uninterrupted  # restarted from scratch, rows not repeated
+
+
+def test_divergence_stops_that_run_and_the_sweep_goes_on(tmp_path):
+    proc = ok(sweeper(*TINY, "epochs=2", "lr=1e-3,1e9", f"hydra.sweep.dir={tmp_path}", "-m"))
+    by_lr = {summary(d)["status"]: d for d in run_dirs(tmp_path)}
+    assert set(by_lr) == {"complete", "diverged"}
+    diverged = summary(by_lr["diverged"])
+    assert diverged["detail"]["epoch"] == 1 and diverged["detail"]["step"] >= 0
+    assert "run diverged" in proc.stdout
+    rerun = ok(sweeper(*TINY, "epochs=2", "lr=1e-3,1e9", f"hydra.sweep.dir={tmp_path}", "-m"))
+    assert rerun.stdout.count("skipped") == 2
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_launchers_produce_complete_runs(tmp_path, launcher):
+    jobs = "n_jobs" if launcher == "joblib" else "array_parallelism"
+    ok(sweeper(*TINY, "patch=4,8", f"hydra/launcher={launcher}", f"hydra.launcher.{jobs}=2",
+               f"hydra.sweep.dir={tmp_path}", "-m"))
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 2
+    assert all(summary(d)["status"] == "complete" and len(metrics(d)) == 1 for d in dirs)
+
+
+def test_the_same_sweep_started_twice_writes_each_run_once(tmp_path):
+    args = [sys.executable, "-m", "sweeper", *TINY, "epochs=2", "patch=4,8,16",
+            f"hydra.sweep.dir={tmp_path}", "-m"]
+    procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 3
+    for d in dirs:
+        assert [r["epoch"] for r in metrics(d)] == ["1", "2"]
+        assert summary(d)["status"] == "complete"
+    trained = sum(o.count("Epoch: 1 |") for o in outs)
+    assert trained == 3  # each run trained by exactly one of the two
+
+
+def test_live_lock_skips_and_stale_lock_is_taken_over(tmp_path):
+    import socket
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text(f"{socket.gethostname()} {os.getppid()}\n")  # alive
+    with run_lock(run_dir) as held_by:
+        assert held_by and str(os.getppid()) in held_by
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run_dir / ".lock").write_text(f"{socket.gethostname()} {dead.pid}\n")
+    with run_lock(run_dir) as held_by:
+        assert held_by is None
+        assert (run_dir / ".lock").read_text().split()[1] == str(os.getpid())
+    assert not (run_dir / ".lock").exists()
+
+
+def test_full_disk_is_a_clear_message_and_written_files_stay_valid(tmp_path, monkeypatch, capsys):
+    from sweeper import records
+    from sweeper.run import execute
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, "epochs=3"])
+    real = records.append_row
+
+    def append_then_fail(run_dir, row):
+        if row["epoch"] == 2:
+            raise OSError(28, "No space left on device")
+        real(run_dir, row)
+
+    monkeypatch.setattr(records, "append_row", append_then_fail)
+    with pytest.raises(SystemExit) as exit_info:
+        execute(cfg, tmp_path / "run")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "cannot write the run directory" in err and "No space left on device" in err
+    assert len(metrics(tmp_path / "run")) == 1
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs_done"] == 1
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("cell", sorted(p.stem for p in (ROOT / "conf" / "cell").glob("*.yaml")))
+def test_every_assignment_cell_composes_and_validates(cell):
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+cell={cell}"])
+    s = validate(cfg)
+    assert (s.model.name == "resnet18") == (cell in ("rotation_finetune", "rotation_probe", "scratch"))
+
+
+@pytest.mark.parametrize("preset,sweeps", [
+    ("patch", {"patch": "4,8,16", "overlap": "none,half"}),
+    ("heads", {"heads": "4,6,8,10,12"}),
+    ("cls_layer", {"cls_layer": "first,last"}),
+    ("rotation", {"task": "rotation_pretrain,rotation_probe,scratch"}),
+    ("assignment", {"+cell": "glob(*)"}),
+])
+def test_presets_define_the_reports_sweeps(preset, sweeps):
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+experiment={preset}"], return_hydra_config=True)
+    assert dict(cfg.hydra.sweeper.params) == sweeps
+
+
+def test_rotation_preset_with_seeds_runs_every_arm(tmp_path):
+    small = [a for a in TINY if not a.startswith(("model.", "epochs"))]
+    ok(sweeper("+experiment=rotation", *small, "task.pretrain_epochs=1", "task.finetune_epochs=1",
+               "seed=0,1", f"hydra.sweep.dir={tmp_path}", "-m"))
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 6
+    kinds = sorted((summary(d)["task"], "probe" if "probe" in d.name else "") for d in dirs)
+    assert kinds == [("rotation_pretrain", "")] * 2 + [("rotation_pretrain", "probe")] * 2 + [("scratch", "")] * 2
