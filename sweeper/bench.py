@@ -3,21 +3,35 @@
     python -m sweeper.bench accuracy [--epochs K] [OVERRIDES...]
         runs the experiment the overrides select for K epochs of its normal schedule and prints
         test accuracy per epoch next to the assignment report's figure at the same epoch.
+
+    python -m sweeper.bench speed [--device D] [--batch-size B] [--steps S] [--windows W]
+        training throughput (forward + backward + AdamW step, after warm-up, median of W timed
+        windows of S steps) of our models, interleaved with the references: timm's
+        VisionTransformer of the identical shape, and the tutorial input pipeline (torchvision
+        dataset of PIL images, RandomCrop + flip + ToTensor + Normalize, DataLoader workers).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
+import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
+import torch
 from hydra import compose, initialize_config_dir
+from torch import nn
 
-from sweeper.config import ClassifyTask, RotationTask, Settings, register_configs, validate
+from sweeper.config import ClassifyTask, RotationTask, Settings, ViTConfig, register_configs, validate
+from sweeper.data.batches import MEAN, STD, Batches
+from sweeper.models import Classifier
 from sweeper.reference import seed_results_path
-from sweeper.run import execute
+from sweeper.run import describe, execute, pick_device
+from sweeper.train import autocast_for, train_step
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -77,6 +91,156 @@ def accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], None], steps: int, device: torch.device) -> float:
+    """Seconds for `steps` calls, synchronised at both ends."""
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _interleaved(fns: dict[str, Callable[[], None]], images_per_call: int, args: argparse.Namespace,
+                 device: torch.device) -> dict[str, float]:
+    """Median images/s of each function, windows taken in turn so drift hits all alike."""
+    for fn in fns.values():  # warm-up: allocator, cuDNN autotuning, compilation
+        _timed(fn, 3, device)
+    seconds: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(args.windows):
+        for name, fn in fns.items():
+            seconds[name].append(_timed(fn, args.steps, device))
+    return {k: images_per_call * args.steps / statistics.median(v) for k, v in seconds.items()}
+
+
+def _step_fn(model: nn.Module, batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device) -> Callable[[], None]:
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    autocast = autocast_for(device)
+    return lambda: train_step(model, optimizer, *batch(), autocast, 0.1)
+
+
+def _timm_vit(cfg: ViTConfig) -> nn.Module | None:
+    """timm's VisionTransformer with our shape (non-overlapping patches only), or None."""
+    try:
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:
+        return None
+    if cfg.overlap != "none":
+        return None
+    return VisionTransformer(img_size=32, patch_size=cfg.patch, num_classes=10, embed_dim=cfg.dim,
+                             depth=cfg.depth, num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio,
+                             class_token=True, global_pool="token")
+
+
+class _PILImages(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR10 does per item: a PIL image through the transforms."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        from torchvision import transforms as T
+
+        self.x, self.y = x.permute(0, 2, 3, 1).numpy(), y.tolist()
+        self.transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(),
+                                    T.ToTensor(), T.Normalize(MEAN, STD)])
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.x[i])), self.y[i]
+
+
+def _cycle(make: Callable[[], Iterator]) -> Callable[[], Any]:
+    """An endless next() over fresh iterators (fresh epochs)."""
+    state = {"it": make()}
+
+    def step():
+        try:
+            return next(state["it"])
+        except StopIteration:
+            state["it"] = make()
+            return next(state["it"])
+
+    return step
+
+
+def speed(args: argparse.Namespace) -> int:
+    from sweeper.data.sources import synthetic
+    from sweeper.models.resnet import ResNet18
+    from sweeper.models.vit import ViT
+
+    device = pick_device(args.device)
+    bs = args.batch_size or (256 if device.type == "cuda" else 64)
+    workers = args.workers if args.workers is not None else (os.cpu_count() if device.type == "cuda" else 2)
+    torch.manual_seed(0)
+    images = synthetic(10_000, 10)  # throughput does not depend on what the pixels show
+    x_dev, y_dev = images.x_train.to(device), images.y_train.to(device)
+    g = torch.Generator(device).manual_seed(0)
+    ours_batches = _cycle(lambda: iter(Batches(x_dev, y_dev, bs, True, g)))
+    fixed = (torch.randn(bs, 3, 32, 32, device=device), torch.randint(0, 10, (bs,), device=device))
+    rows: list[tuple[str, float, float | None, str]] = []
+    print(f"device: {describe(device)} | batch size {bs} | {args.windows} windows x {args.steps} steps | "
+          f"torch {torch.__version__}", flush=True)
+
+    for patch in (4, 8, 16):
+        for overlap in ("none", "half"):
+            cfg = ViTConfig(patch=patch, overlap=overlap)
+            fns = {"ours": _step_fn(Classifier(ViT(cfg), 10), lambda: fixed, device)}
+            ref = _timm_vit(cfg)
+            if ref is not None:
+                fns["timm"] = _step_fn(ref, lambda: fixed, device)
+            rate = _interleaved(fns, bs, args, device)
+            rows.append((f"ViT patch {patch}, overlap {overlap}: train step", rate["ours"],
+                         rate.get("timm"), "timm VisionTransformer, same shape"))
+            print(rows[-1], flush=True)
+    for stem in ("cifar", "imagenet"):
+        rate = _interleaved({"ours": _step_fn(Classifier(ResNet18(stem), 10), lambda: fixed, device)},
+                            bs, args, device)
+        rows.append((f"ResNet-18 stem={stem}: train step", rate["ours"], None, ""))
+        print(rows[-1], flush=True)
+
+    loader = torch.utils.data.DataLoader(_PILImages(images.x_train, images.y_train), batch_size=bs,
+                                         shuffle=True, num_workers=workers, drop_last=True,
+                                         persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    ref_batches = _cycle(lambda: iter(loader))
+
+    def ref_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = ref_batches()
+        return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    rate = _interleaved({"ours": lambda: ours_batches(), "ref": lambda: ref_batch()}, bs, args, device)
+    rows.append(("input pipeline alone (index, crop, flip, normalise)", rate["ours"], rate["ref"],
+                 f"torchvision + PIL transforms, DataLoader, {workers} workers"))
+    print(rows[-1], flush=True)
+    baseline = ViTConfig()
+    rate = _interleaved({
+        "ours": _step_fn(Classifier(ViT(baseline), 10), lambda: ours_batches(), device),
+        "ref": _step_fn(Classifier(ViT(baseline), 10), ref_batch, device),
+    }, bs, args, device)
+    rows.append(("epoch: pipeline + baseline ViT step", rate["ours"], rate["ref"],
+                 f"same model fed by the DataLoader ({workers} workers)"))
+
+    print(f"\n| measurement | ours (images/s) | reference (images/s) | ours / reference | reference |")
+    print("|---|---|---|---|---|")
+    for name, ours, ref, what in rows:
+        ratio = f"{ours / ref:.2f}x" if ref else "—"
+        ref_text = f"{ref:,.0f}" if ref else "—"
+        print(f"| {name} | {ours:,.0f} | {ref_text} | {ratio} | {what or '—'} |")
+    print(f"\nepoch of 50,000 images at these rates: ours {50_000 / rows[-1][1]:.1f} s, "
+          f"reference {50_000 / rows[-1][2]:.1f} s ({describe(device)})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeper.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,8 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--epochs", type=int, default=2, help="epochs to run (schedule unchanged)")
     acc.add_argument("--out", default="outputs/bench", help="where the run directory goes")
     acc.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m sweeper")
+    spd = sub.add_parser("speed", help="throughput of ours beside timm and a DataLoader pipeline")
+    spd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    spd.add_argument("--batch-size", type=int, help="default: 256 on CUDA, 64 on CPU")
+    spd.add_argument("--steps", type=int, default=5, help="steps per timed window")
+    spd.add_argument("--windows", type=int, default=3, help="timed windows per measurement")
+    spd.add_argument("--workers", type=int, help="DataLoader workers (default: CPUs on CUDA, 2 on CPU)")
     args = parser.parse_args(argv)
-    return accuracy(args)
+    return accuracy(args) if args.command == "accuracy" else speed(args)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import math
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -74,6 +74,26 @@ def make_optimizer(model: nn.Module, s: Settings, device: torch.device) -> torch
     return torch.optim.AdamW(groups, lr=s.lr, fused=device.type == "cuda")
 
 
+def autocast_for(device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on CUDA (tensor cores, no loss scaling needed); full precision on CPU."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor, autocast: AbstractContextManager,
+               label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step; returns the loss and logits, still on the device (no host sync)."""
+    if x.is_cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast:
+        logits = model(x)
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 class Trainer:
     def __init__(self, s: Settings, device: torch.device, run_dir: Path,
                  log: Callable[[dict[str, Any]], None], max_epochs: Optional[int] = None) -> None:
@@ -81,9 +101,7 @@ class Trainer:
         (status `stopped`): the benchmark's "k epochs of the normal schedule"."""
         self.s, self.device, self.run_dir, self.log = s, device, run_dir, log
         self.max_epochs = max_epochs
-        self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-        )
+        self.autocast = autocast_for(device)
 
     def fit(self, phases: list[Phase]) -> Outcome:
         """Run the phases in order, resuming from the run dir's checkpoint if there is one."""
@@ -131,11 +149,9 @@ class Trainer:
         for epoch in range(first_epoch, phase.epochs):
             if self.max_epochs is not None and epoch - first_epoch >= self.max_epochs:
                 return Outcome("stopped", {"phase": phase.name, "epoch": epoch})
-            epoch_start_rng = (
-                partial["generator"] if partial else phase.generator.get_state()
-            )
-            if partial:
+            if partial:  # replay this epoch's draws from its start
                 phase.generator.set_state(partial["generator"])
+            epoch_start_rng = phase.generator.get_state()
             result = self._train_epoch(phase, model, step_model, optimizer, epoch, steps_per_epoch,
                                        total, warmup, partial)
             partial = None
@@ -182,14 +198,7 @@ class Trainer:
             lr = lr_at(global_step, total, warmup, s.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with self.autocast:
-                logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=s.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, logits = train_step(step_model, optimizer, x, y, self.autocast, s.label_smoothing)
             detached = loss.detach()
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached),
                                    torch.full_like(bad_step, global_step), bad_step)

@@ -34,27 +34,23 @@ def uninterrupted(tmp_path_factory) -> list[list[str]]:
     return scores(run_dir)
 
 
-def start(run_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "sweeper", *SLOW, f"hydra.run.dir={run_dir}"],
+def start_and_signal(run_dir: Path, sig: int) -> subprocess.Popen:
+    """Start a slow run and send it `sig` once its first checkpoint is on disk (a checkpoint
+    is renamed into place whole, so existing means complete)."""
+    proc = subprocess.Popen([sys.executable, "-m", "sweeper", *SLOW, f"hydra.run.dir={run_dir}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen) -> None:
-    """Until the first epoch's checkpoint is on disk (it is renamed into place whole)."""
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if (run_dir / "checkpoint.pt").exists():
-            return
+    while not (run_dir / "checkpoint.pt").exists():
+        if time.time() > deadline or proc.poll() is not None:
+            raise AssertionError(f"no checkpoint written: exit {proc.poll()}")
         time.sleep(0.02)
-    raise AssertionError(f"no checkpoint written: exit {proc.poll()}")
+    proc.send_signal(sig)
+    return proc
 
 
 def test_kill_9_then_rerun_resumes_without_repeated_rows(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
-    proc = start(run_dir)
-    wait_for_checkpoint(run_dir, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    start_and_signal(run_dir, signal.SIGKILL).wait()
     assert len(metrics(run_dir)) < 3 and summary(run_dir)["status"] == "running"
     again = ok(sweeper(*SLOW, f"hydra.run.dir={run_dir}"))
     assert "Epoch: 1 |" not in again.stdout  # resumed, not restarted
@@ -65,9 +61,7 @@ def test_kill_9_then_rerun_resumes_without_repeated_rows(tmp_path, uninterrupted
 
 def test_sigterm_mid_epoch_checkpoints_exits_cleanly_and_resumes(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
-    proc = start(run_dir)
-    wait_for_checkpoint(run_dir, proc)
-    proc.send_signal(signal.SIGTERM)  # in the second epoch: it stops after the current step
+    proc = start_and_signal(run_dir, signal.SIGTERM)  # in epoch 2: stops after the current step
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "pre-empted: rerun the same command to resume" in out
@@ -80,10 +74,7 @@ def test_sigterm_mid_epoch_checkpoints_exits_cleanly_and_resumes(tmp_path, unint
 
 def test_truncated_checkpoint_is_moved_aside_and_the_run_completes(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
-    proc = start(run_dir)
-    wait_for_checkpoint(run_dir, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    start_and_signal(run_dir, signal.SIGKILL).wait()
     ckpt = run_dir / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     again = ok(sweeper(*SLOW, f"hydra.run.dir={run_dir}"))
@@ -103,11 +94,12 @@ def test_divergence_stops_that_run_and_the_sweep_goes_on(tmp_path):
     assert rerun.stdout.count("skipped") == 2
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+@pytest.mark.parametrize("launcher", [
+    ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    ["hydra/launcher=submitit_local"],  # one local process per run, all at once
+])
 def test_parallel_launchers_produce_complete_runs(tmp_path, launcher):
-    jobs = "n_jobs" if launcher == "joblib" else "array_parallelism"
-    ok(sweeper(*TINY, "patch=4,8", f"hydra/launcher={launcher}", f"hydra.launcher.{jobs}=2",
-               f"hydra.sweep.dir={tmp_path}", "-m"))
+    ok(sweeper(*TINY, "patch=4,8", *launcher, f"hydra.sweep.dir={tmp_path}", "-m"))
     dirs = run_dirs(tmp_path)
     assert len(dirs) == 2
     assert all(summary(d)["status"] == "complete" and len(metrics(d)) == 1 for d in dirs)
