@@ -72,7 +72,7 @@ def accuracy(args: argparse.Namespace) -> int:
     run_dir = Path(args.out) / f"accuracy-{name}-k{args.epochs}"
     if run_dir.exists():  # a benchmark starts fresh; the old run is kept beside it
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
-    summary = execute(cfg, run_dir, max_epochs=args.epochs)
+    summary = execute(s, run_dir, max_epochs=args.epochs)
     ref = reference_rows(s)
     with open(run_dir / "metrics.csv", newline="") as f:
         ours = list(csv.DictReader(f))

@@ -8,8 +8,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
+
+from sweeper.lock import LOCK_FILE
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
@@ -68,3 +72,16 @@ def console_line(row: dict[str, Any]) -> str:
         f"train acc: {row['train_acc']:.4f} | test loss: {row['test_loss']:.4f} | "
         f"test acc: {row['test_acc']:.4f}"
     )
+
+
+def fail(message: str, run_dir: Path) -> None:
+    """One line on stderr, exit code 2, and no output left behind by this run."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    ours = [p for p in run_dir.iterdir() if p.name not in (".hydra", LOCK_FILE)] if run_dir.is_dir() else []
+    if run_dir.is_dir() and not ours:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        parent = run_dir.parent
+        if parent.name == "runs" and parent.is_dir() and not any(parent.iterdir()):
+            os.rmdir(parent)
+    raise SystemExit(2)
+

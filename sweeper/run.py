@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
 
 from sweeper import records
-from sweeper.config import ConfigError, Settings, validate
+from sweeper.config import ConfigError, Settings
 from sweeper.data import sources
 from sweeper.lock import LOCK_FILE, run_lock
+from sweeper.records import fail
 from sweeper.tasks import Phase, build_phases
 from sweeper.train import Outcome, Trainer
 
@@ -26,19 +24,18 @@ from sweeper.train import Outcome, Trainer
 FINISHED = ("complete", "diverged")
 
 
-def run(cfg: DictConfig) -> float:
-    """Train one configuration in Hydra's output dir; returns the final test accuracy."""
-    summary = execute(cfg, Path(HydraConfig.get().runtime.output_dir))
+def run(s: Settings, run_dir: Path) -> float:
+    """Train one validated configuration in Hydra's output dir; returns the final test accuracy."""
+    summary = execute(s, run_dir)
     if summary.get("status") == "preempted":
         print("pre-empted: rerun the same command to resume", flush=True)
         raise SystemExit(0)  # stop the whole sweep here: the signal was meant for this process
     return summary.get("final_test_acc") or 0.0
 
 
-def execute(cfg: DictConfig, run_dir: Path, max_epochs: int | None = None) -> dict[str, Any]:
-    """Validate, then (holding the run dir's lock) load, train and record one run."""
+def execute(s: Settings, run_dir: Path, max_epochs: int | None = None) -> dict[str, Any]:
+    """Holding the run dir's lock: load, train and record one run."""
     try:
-        s = validate(cfg)
         device = pick_device(s.device)
     except ConfigError as err:
         fail(str(err), run_dir)
@@ -163,16 +160,3 @@ def summarise(run_dir: Path, base: dict[str, Any], status: str, seconds: float,
         summary["detail"] = detail
     records.write_summary(run_dir, summary)
     return summary
-
-
-def fail(message: str, run_dir: Path) -> None:
-    """One line on stderr, exit code 2, and no output left behind by this run."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    ours = [p for p in run_dir.iterdir() if p.name not in (".hydra", LOCK_FILE)] if run_dir.is_dir() else []
-    if run_dir.is_dir() and not ours:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        parent = run_dir.parent
-        if parent.name == "runs" and parent.is_dir() and not any(parent.iterdir()):
-            os.rmdir(parent)
-    raise SystemExit(2)
-

@@ -154,7 +154,7 @@ def test_full_disk_is_a_clear_message_and_written_files_stay_valid(tmp_path, mon
 
     monkeypatch.setattr(records, "append_row", append_then_fail)
     with pytest.raises(SystemExit) as exit_info:
-        execute(cfg, tmp_path / "run")
+        execute(validate(cfg), tmp_path / "run")
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert "cannot write the run directory" in err and "No space left on device" in err
