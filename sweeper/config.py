@@ -116,7 +116,7 @@ class Config:
     eval_batch_size: int = 1000
     lr: float = 1e-3
     weight_decay: float = 0.05
-    warmup_epochs: float = 2.0
+    warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda

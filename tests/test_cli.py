@@ -19,7 +19,7 @@ def test_help_lists_groups_and_options():
     out = ok(sweeper("--help")).stdout
     for line in ["patch: 4, 8, 16", "heads: 4, 6, 8, 10, 12", "overlap: none, half",
                  "cls_layer: first, last, or a block index", "model: resnet18, vit", "data: cifar10, folder, synthetic",
-                 "task: classify, finetune, rotation_pretrain, scratch"]:
+                 "task: classify, finetune, rotation_pretrain, rotation_probe, scratch"]:
         assert line in out
 
 
@@ -57,7 +57,8 @@ def test_every_vit_option_trains_one_tiny_epoch(tmp_path, tiny, sweep):
 
 
 def test_resnet18_both_stems_and_every_task(tmp_path, tiny):
-    small = [a for a in tiny if not a.startswith("model.")]
+    small = [a for a in tiny if not a.startswith(("model.", "data.n_"))] + [
+        "data.n_train=30", "data.n_test=10"]  # ResNet-18 is slow on a CPU: fewer images
     per_task = {
         "classify": [],
         "rotation_pretrain": ["task.pretrain_epochs=1", "task.finetune_epochs=1"],
