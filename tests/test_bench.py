@@ -1,0 +1,36 @@
+"""The benchmarks print our figures beside the references', from the same run."""
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT, TINY
+
+
+def bench(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "sweeper.bench", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_accuracy_prints_the_reports_figure_at_each_epoch(tmp_path):
+    out = bench("accuracy", "--epochs", "2", "--out", str(tmp_path), *TINY, "epochs=25").stdout
+    # The baseline shape (patch 4, 4 heads, no overlap, CLS first) is the report's experiment 1.
+    assert "| train | 1 |" in out and "| 0.2855 |" in out
+    assert "| train | 2 |" in out and "| 0.3945 |" in out
+    assert "report's final (train, epoch 25): test acc 0.5788" in out
+    (run_dir,) = tmp_path.iterdir()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["epochs_done"] == 2  # of 25, schedule kept
+
+
+def test_speed_prints_every_measurement_and_the_pipeline_ratio():
+    out = bench("speed", "--batch-size", "4", "--steps", "1", "--windows", "1",
+                "--pipeline-steps", "2", "--workers", "0").stdout
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "measurement" not in line]
+    assert len(rows) == 10
+    assert sum("overlap none: train step" in r for r in rows) == 3
+    assert sum("ResNet-18" in r for r in rows) == 2
+    pipeline = next(r for r in rows if r.startswith("| input pipeline"))
+    assert pipeline.split("|")[4].strip().endswith("x")  # ours / reference, measured
