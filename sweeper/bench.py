@@ -49,10 +49,10 @@ def reference_rows(s: Settings) -> dict[tuple[str, int], dict[str, str]]:
     found: dict[tuple[str, int], dict[str, str]] = {}
     if isinstance(s.task, ClassifyTask) and s.model.name == "vit":
         m = s.model
-        for r in rows:
-            same = (r["task"], r["patch"], r["heads"], r["overlap"], r["cls_layer"]) == (
-                "vit", str(m.patch), str(m.heads), m.overlap, str(m.cls_layer))
-            found.setdefault(("train", int(r["epoch"])), r) if same else None
+        shape = ("vit", str(m.patch), str(m.heads), m.overlap, str(m.cls_layer))
+        for r in rows:  # the first experiment of that shape (the report ran the baseline twice)
+            if (r["task"], r["patch"], r["heads"], r["overlap"], r["cls_layer"]) == shape:
+                found.setdefault(("train", int(r["epoch"])), r)
     elif isinstance(s.task, RotationTask):
         for r in rows:
             if r["task"] in ("rotation_pretrain", "finetune"):

@@ -55,7 +55,7 @@ def split_a_b(s: Settings, images: ImageSet) -> tuple[torch.Tensor, torch.Tensor
 
 def pretrain_then_finetune(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
     task: RotationTask = s.task
-    x_a, _, _ = split_a_b(s, images)
+    x_a, x_b, y_b = split_a_b(s, images)
     encoder = build_encoder(s.model)
     per_batch = max(1, s.batch_size // ROTATIONS)  # a step still sees batch_size examples
     pretrain = Phase(
@@ -67,7 +67,8 @@ def pretrain_then_finetune(s: Settings, images: ImageSet, generator: torch.Gener
         generator=generator,
         on_end=lambda run_dir: save_encoder(encoder, s, run_dir / ENCODER_FILE),
     )
-    finetune = _on_b(s, images, generator, encoder, "finetune", task.finetune_epochs, task.freeze_encoder)
+    finetune = _on_b(s, images, x_b, y_b, generator, encoder, "finetune", task.finetune_epochs,
+                     task.freeze_encoder)
     return [pretrain, finetune]
 
 
@@ -75,7 +76,9 @@ def finetune_saved(s: Settings, images: ImageSet, generator: torch.Generator) ->
     task: FinetuneTask = s.task
     encoder = build_encoder(s.model)
     load_encoder(encoder, task.encoder)
-    phase = _on_b(s, images, generator, encoder, "finetune", task.finetune_epochs, task.freeze_encoder)
+    _, x_b, y_b = split_a_b(s, images)
+    phase = _on_b(s, images, x_b, y_b, generator, encoder, "finetune", task.finetune_epochs,
+                  task.freeze_encoder)
     phase.meta["encoder"] = str(Path(task.encoder).expanduser().resolve())
     return [phase]
 
@@ -83,19 +86,21 @@ def finetune_saved(s: Settings, images: ImageSet, generator: torch.Generator) ->
 def scratch_on_b(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
     """The baseline that says what pre-training bought: the same network, B only, no pretext."""
     encoder = build_encoder(s.model)
-    return [_on_b(s, images, generator, encoder, "train", s.task.finetune_epochs, False)]
+    _, x_b, y_b = split_a_b(s, images)
+    return [_on_b(s, images, x_b, y_b, generator, encoder, "train", s.task.finetune_epochs, False)]
 
 
 def _on_b(
     s: Settings,
     images: ImageSet,
+    x_b: torch.Tensor,
+    y_b: torch.Tensor,
     generator: torch.Generator,
     encoder: nn.Module,
     name: str,
     epochs: int,
     freeze: bool,
 ) -> Phase:
-    _, x_b, y_b = split_a_b(s, images)
     return Phase(
         name=name,
         model=Classifier(encoder, len(images.classes)),
