@@ -53,7 +53,8 @@ def execute(s: Settings, run_dir: Path, max_epochs: int | None = None) -> dict[s
         try:
             return _train(s, device, run_dir, previous, max_epochs)
         except OSError as err:  # disk full, unwritable dir: what was written stays valid
-            print(f"error: cannot write the run directory {run_dir}: {err}", file=sys.stderr, flush=True)
+            where = err.filename or run_dir
+            print(f"error: cannot write {where}: {err.strerror or err}", file=sys.stderr, flush=True)
             raise SystemExit(1) from err
 
 

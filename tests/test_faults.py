@@ -157,7 +157,7 @@ def test_full_disk_is_a_clear_message_and_written_files_stay_valid(tmp_path, mon
         execute(validate(cfg), tmp_path / "run")
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert "cannot write the run directory" in err and "No space left on device" in err
+    assert f"cannot write {tmp_path / 'run'}: No space left on device" in err
     assert len(metrics(tmp_path / "run")) == 1
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs_done"] == 1
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
