@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.collect import RESULT_PHASES  # noqa: E402
-from analysis.tables import REFERENCE_KEYS, Table  # noqa: E402
+from analysis.tables import Table, reference_curve  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 110, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
 
@@ -23,8 +23,9 @@ def slug(title: str) -> str:
 
 
 def curves(table: Table, epochs: pd.DataFrame, path: Path,
-           reference: Optional[pd.DataFrame] = None, configs: Optional[dict] = None) -> Path:
-    """Test accuracy and loss per epoch: a line per setting (mean over seeds, band min..max)."""
+           reference_configs: Optional[dict] = None) -> Path:
+    """Test accuracy and loss per epoch: a line per setting (mean over seeds, band min..max).
+    `reference_configs` (run -> flat config) adds the report's curve of the same shape, dashed."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     rows = epochs[epochs["run"].isin(table.runs["run"]) & epochs["phase"].isin(RESULT_PHASES)]
     labels = table.runs.set_index("run")["label"]
@@ -41,8 +42,8 @@ def curves(table: Table, epochs: pd.DataFrame, path: Path,
             if mine["run"].nunique() > 1:
                 ax.fill_between(mean.index, by_epoch.min() * scale, by_epoch.max() * scale,
                                 color=colour, alpha=0.2, lw=0)
-        if reference is not None and configs is not None:
-            ref = _reference_curve(configs.get(mine["run"].iloc[0], {}), reference)
+        if reference_configs is not None:
+            ref = reference_curve(reference_configs.get(mine["run"].iloc[0], {}))
             if ref is not None:
                 acc_ax.plot(ref["epoch"], 100 * ref["test_acc"], color=colour, ls="--", lw=1.2,
                             label=f"{name} (report)")
@@ -55,18 +56,6 @@ def curves(table: Table, epochs: pd.DataFrame, path: Path,
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def _reference_curve(config: dict, reference: pd.DataFrame) -> Optional[pd.DataFrame]:
-    if config.get("model.name") != "vit" or config.get("task.name") != "classify":
-        return None
-    match = reference[reference["task"] == "vit"]
-    for key in REFERENCE_KEYS:
-        match = match[match[key].astype(str) == str(config.get(key))]
-    if match.empty:
-        return None
-    first = match["experiment"].iloc[0]
-    return match[match["experiment"] == first].sort_values("epoch")
 
 
 def final_bars(table: Table, path: Path) -> Path:

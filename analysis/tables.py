@@ -16,6 +16,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from analysis.collect import Collection
+from sweeper.reference import vit_curve
 
 FAMILIES = [
     ("Patch size x overlap", ["patch", "overlap"]),
@@ -57,7 +58,7 @@ def _variant(config: dict[str, Any]) -> str:
     return "from scratch on B"
 
 
-def build_tables(col: Collection, reference: Optional[pd.DataFrame] = None) -> list[Table]:
+def build_tables(col: Collection, reference: bool = False) -> list[Table]:
     runs = col.runs
     if runs.empty:
         return []
@@ -70,10 +71,10 @@ def build_tables(col: Collection, reference: Optional[pd.DataFrame] = None) -> l
         part_a["variant"] = [_variant(col.configs.get(r, {})) for r in part_a["run"]]
         others = [k for k in _varying(part_a, col.settings) if not k.startswith("task.")]
         tables.append(_table("Part A: rotation pre-training vs baselines", part_a,
-                             ["variant", *others], col, None))
+                             ["variant", *others], col, False))
     other = runs[~runs["task"].isin(("classify", *PART_A))]
     for task, group in other.groupby("task"):
-        tables.append(_table(f"Task {task}", group, _varying(group, col.settings), col, None))
+        tables.append(_table(f"Task {task}", group, _varying(group, col.settings), col, False))
     return tables
 
 
@@ -85,7 +86,7 @@ def _mode(runs: pd.DataFrame, key: str) -> Any:
     return runs[key].astype(str).mode().iloc[0]
 
 
-def _grid_tables(col: Collection, runs: pd.DataFrame, reference) -> list[Table]:
+def _grid_tables(col: Collection, runs: pd.DataFrame, reference: bool) -> list[Table]:
     varying = _varying(runs, col.settings)
     if not varying:
         return [_table("ViT runs", runs, [], col, reference)]
@@ -110,7 +111,8 @@ def _grid_tables(col: Collection, runs: pd.DataFrame, reference) -> list[Table]:
     return tables
 
 
-def _table(title: str, runs: pd.DataFrame, keys: list[str], col: Collection, reference) -> Table:
+def _table(title: str, runs: pd.DataFrame, keys: list[str], col: Collection,
+           reference: bool) -> Table:
     runs = runs.copy()
     runs["label"] = [label({k: r[k] for k in keys}) for _, r in runs.iterrows()]
     rows = []
@@ -122,25 +124,26 @@ def _table(title: str, runs: pd.DataFrame, keys: list[str], col: Collection, ref
             row[f"{metric}_std"] = values.std() if len(values) > 1 else math.nan
             row[f"{metric}_n"] = len(values)
         row["statuses"] = ", ".join(sorted(set(group["status"])))
-        if reference is not None:
-            row["report_test_acc"] = _reference_acc(col.configs.get(group["run"].iloc[0], {}), reference)
+        if reference:
+            curve = reference_curve(col.configs.get(group["run"].iloc[0], {}))
+            row["report_test_acc"] = math.nan if curve is None else curve["test_acc"].iloc[-1]
         rows.append(row)
     stats = pd.DataFrame(rows)
     stats = stats.sort_values("final_test_acc_mean", ascending=False, na_position="last")
     return Table(title, keys, stats.reset_index(drop=True), _verdict(stats), runs)
 
 
-def _reference_acc(config: dict[str, Any], reference: pd.DataFrame) -> float:
-    """The report's final test accuracy for the same ViT shape, or NaN."""
-    if config.get("model.name") != "vit":
-        return math.nan
-    match = reference[reference["task"] == "vit"]
-    for key in REFERENCE_KEYS:
-        match = match[match[key].astype(str) == str(config.get(key))]
-    if match.empty:
-        return math.nan
-    final = match[match["epoch"] == match["epoch"].max()]
-    return float(final["test_acc"].iloc[0])
+def reference_curve(config: dict[str, Any]) -> Optional[pd.DataFrame]:
+    """The report's per-epoch figures for a ViT classification run of the same shape, or None."""
+    if config.get("model.name") != "vit" or config.get("task.name") != "classify":
+        return None
+    rows = vit_curve(*(config.get(k) for k in REFERENCE_KEYS))
+    if not rows:
+        return None
+    curve = pd.DataFrame(rows)
+    for column in ("epoch", "train_acc", "test_acc", "train_loss", "test_loss"):
+        curve[column] = pd.to_numeric(curve[column])
+    return curve
 
 
 def _verdict(stats: pd.DataFrame) -> str:

@@ -29,7 +29,7 @@ from torch import nn
 from sweeper.config import ClassifyTask, RotationTask, Settings, ViTConfig, register_configs, validate
 from sweeper.data.batches import MEAN, STD, Batches
 from sweeper.models import Classifier
-from sweeper.reference import seed_results_path
+from sweeper.reference import seed_rows, vit_curve
 from sweeper.run import describe, execute, pick_device
 from sweeper.train import autocast_for, train_step
 
@@ -44,21 +44,13 @@ def compose_config(overrides: list[str]):
 
 def reference_rows(s: Settings) -> dict[tuple[str, int], dict[str, str]]:
     """The report's rows for the same experiment, keyed by (our phase name, epoch)."""
-    with open(seed_results_path(), newline="") as f:
-        rows = list(csv.DictReader(f))
-    found: dict[tuple[str, int], dict[str, str]] = {}
     if isinstance(s.task, ClassifyTask) and s.model.name == "vit":
         m = s.model
-        shape = ("vit", str(m.patch), str(m.heads), m.overlap, str(m.cls_layer))
-        for r in rows:  # the first experiment of that shape (the report ran the baseline twice)
-            if (r["task"], r["patch"], r["heads"], r["overlap"], r["cls_layer"]) == shape:
-                found.setdefault(("train", int(r["epoch"])), r)
-    elif isinstance(s.task, RotationTask):
-        for r in rows:
-            if r["task"] in ("rotation_pretrain", "finetune"):
-                phase = "pretrain" if r["task"] == "rotation_pretrain" else "finetune"
-                found[(phase, int(r["epoch"]))] = r
-    return found
+        return {("train", int(r["epoch"])): r for r in vit_curve(m.patch, m.heads, m.overlap, m.cls_layer)}
+    if isinstance(s.task, RotationTask):
+        phases = {"rotation_pretrain": "pretrain", "finetune": "finetune"}
+        return {(phases[r["task"]], int(r["epoch"])): r for r in seed_rows() if r["task"] in phases}
+    return {}
 
 
 def _fmt(value: str | float | None) -> str:
