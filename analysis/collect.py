@@ -1,20 +1,21 @@
 """An outputs tree -> pandas frames: one row per run, one row per run and epoch.
 
 It reads what runs leave behind (`.hydra/config.yaml`, `metrics.csv`, `summary.json`, the
-`.lock` of a live run) and never imports the trainer, so any run, old or new, can be read.
+`.lock` of a live run, through `sweeper.lock`, which has no torch in it) and never imports the
+trainer, so any run, old or new, can be read.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
+
+from sweeper.lock import is_held
 
 METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
 # Keys that name where or how a run ran, not what it measured, or that repeat another key
@@ -72,21 +73,9 @@ def _summary(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _lock_alive(run_dir: Path) -> bool:
-    """True when a live process on this host holds the run's lock."""
-    try:
-        host, pid = (run_dir / ".lock").read_text().split()[:2]
-        if host != socket.gethostname():
-            return True  # another machine's process: assume it is alive
-        os.kill(int(pid), 0)
-        return True
-    except (OSError, ValueError):
-        return False
-
-
 def _status(run_dir: Path, summary: dict[str, Any]) -> str:
     status = summary.get("status", "unknown")
-    if status == "running" and not _lock_alive(run_dir):
+    if status == "running" and not is_held(run_dir):
         return "interrupted"  # killed, or crashed, without a chance to say so
     return status
 

@@ -44,6 +44,13 @@ def _alive(host: str, pid: int) -> bool:
     return True
 
 
+def is_held(run_dir: Path) -> bool:
+    """True while a live process holds the run dir's lock (how a report tells a run still
+    going from one that was killed)."""
+    holder = _holder(run_dir / LOCK_FILE)
+    return holder is not None and _alive(*holder)
+
+
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[Optional[str]]:
     """Yields None when this process holds the lock, else a line saying who does."""

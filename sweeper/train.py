@@ -200,8 +200,7 @@ class Trainer:
                 group["lr"] = lr
             loss, logits = train_step(step_model, optimizer, x, y, self.autocast, s.label_smoothing)
             detached = loss.detach()
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached),
-                                   torch.full_like(bad_step, global_step), bad_step)
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), global_step, bad_step)
             loss_sum += detached * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)

@@ -46,28 +46,27 @@ class Rotated:
             yield rotate4(x)
 
 
-def split_a_b(s: Settings, images: ImageSet) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A's images (no labels), and B's images and labels."""
+def split_a_b(s: Settings, images: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of A and B in the training set, on its device."""
     a, b = stratified_split(images.y_train.cpu(), s.data.b_fraction, s.data.split_seed)
-    a, b = a.to(images.x_train.device), b.to(images.x_train.device)
-    return images.x_train[a], images.x_train[b], images.y_train[b]
+    return a.to(images.x_train.device), b.to(images.x_train.device)
 
 
 def pretrain_then_finetune(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
     task: RotationTask = s.task
-    x_a, x_b, y_b = split_a_b(s, images)
+    a, b = split_a_b(s, images)
     encoder = build_encoder(s.model)
     per_batch = max(1, s.batch_size // ROTATIONS)  # a step still sees batch_size examples
     pretrain = Phase(
         name="pretrain",
         model=Classifier(encoder, ROTATIONS),
-        train=Rotated(Batches(x_a, None, per_batch, True, generator)),
+        train=Rotated(Batches(images.x_train[a], None, per_batch, True, generator)),  # no labels
         test=Rotated(Batches(images.x_test, None, max(1, s.eval_batch_size // ROTATIONS), False)),
         epochs=task.pretrain_epochs,
         generator=generator,
         on_end=lambda run_dir: save_encoder(encoder, s, run_dir / ENCODER_FILE),
     )
-    finetune = _on_b(s, images, x_b, y_b, generator, encoder, "finetune", task.finetune_epochs,
+    finetune = _on_b(s, images, b, generator, encoder, "finetune", task.finetune_epochs,
                      task.freeze_encoder)
     return [pretrain, finetune]
 
@@ -76,8 +75,8 @@ def finetune_saved(s: Settings, images: ImageSet, generator: torch.Generator) ->
     task: FinetuneTask = s.task
     encoder = build_encoder(s.model)
     load_encoder(encoder, task.encoder)
-    _, x_b, y_b = split_a_b(s, images)
-    phase = _on_b(s, images, x_b, y_b, generator, encoder, "finetune", task.finetune_epochs,
+    _, b = split_a_b(s, images)
+    phase = _on_b(s, images, b, generator, encoder, "finetune", task.finetune_epochs,
                   task.freeze_encoder)
     phase.meta["encoder"] = str(Path(task.encoder).expanduser().resolve())
     return [phase]
@@ -86,15 +85,14 @@ def finetune_saved(s: Settings, images: ImageSet, generator: torch.Generator) ->
 def scratch_on_b(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
     """The baseline that says what pre-training bought: the same network, B only, no pretext."""
     encoder = build_encoder(s.model)
-    _, x_b, y_b = split_a_b(s, images)
-    return [_on_b(s, images, x_b, y_b, generator, encoder, "train", s.task.finetune_epochs, False)]
+    _, b = split_a_b(s, images)
+    return [_on_b(s, images, b, generator, encoder, "train", s.task.finetune_epochs, False)]
 
 
 def _on_b(
     s: Settings,
     images: ImageSet,
-    x_b: torch.Tensor,
-    y_b: torch.Tensor,
+    b: torch.Tensor,
     generator: torch.Generator,
     encoder: nn.Module,
     name: str,
@@ -104,7 +102,7 @@ def _on_b(
     return Phase(
         name=name,
         model=Classifier(encoder, len(images.classes)),
-        train=Batches(x_b, y_b, s.batch_size, True, generator),
+        train=Batches(images.x_train[b], images.y_train[b], s.batch_size, True, generator),
         test=Batches(images.x_test, images.y_test, s.eval_batch_size, False),
         epochs=epochs,
         generator=generator,
