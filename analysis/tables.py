@@ -152,6 +152,9 @@ def _verdict(stats: pd.DataFrame) -> str:
         return "One setting only: nothing to compare."
     best, second = ranked.iloc[0], ranked.iloc[1]
     gap = 100 * (best["final_test_acc_mean"] - second["final_test_acc_mean"])
+    if gap == 0:
+        return (f"{best['label']} and {second['label']} tie on final test accuracy "
+                f"({100 * best['final_test_acc_mean']:.2f} %): no winner.")
     text = (f"{best['label']} wins on final test accuracy: {100 * best['final_test_acc_mean']:.2f} % "
             f"against {100 * second['final_test_acc_mean']:.2f} % for {second['label']} "
             f"(+{gap:.2f} points).")

@@ -126,3 +126,10 @@ def test_end_to_end_on_two_real_runs(tmp_path):
     runs = pd.read_csv(tmp_path / "rep" / "runs.csv")
     assert sorted(runs["patch"]) == [8, 16] and set(runs["status"]) == {"complete"}
     assert "## Patch size x overlap" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_a_tie_is_called_a_tie(tmp_path):
+    fake_run(tmp_path, "a", [0.5, 0.7], patch=8)
+    fake_run(tmp_path, "b", [0.6, 0.7], patch=16)
+    (table,) = build_tables(collect(tmp_path))
+    assert "tie on final test accuracy (70.00 %): no winner" in table.verdict
