@@ -4,7 +4,8 @@
         runs the experiment the overrides select for K epochs of its normal schedule and prints
         test accuracy per epoch next to the assignment report's figure at the same epoch.
 
-    python -m sweeper.bench speed [--device D] [--batch-size B] [--steps S] [--windows W]
+    python -m sweeper.bench speed [--device D] [--precision P] [--batch-size B] [--steps S]
+                                  [--windows W]
         training throughput (forward + backward + AdamW step, after warm-up, median of W timed
         windows of S steps) of our models, interleaved with the references: timm's
         VisionTransformer of the identical shape, and the tutorial input pipeline (torchvision
@@ -31,7 +32,7 @@ from sweeper.data.batches import MEAN, STD, Batches
 from sweeper.models import Classifier
 from sweeper.reference import seed_rows, vit_curve
 from sweeper.run import describe, execute, pick_device
-from sweeper.train import autocast_for, train_step
+from sweeper.train import autocast_for, resolve_precision, train_step
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -69,7 +70,8 @@ def accuracy(args: argparse.Namespace) -> int:
     with open(run_dir / "metrics.csv", newline="") as f:
         ours = list(csv.DictReader(f))
     print(f"\naccuracy after {args.epochs} epoch(s) of the normal schedule | "
-          f"device: {summary['device']} | data: {s.data.name} | run dir: {run_dir}")
+          f"device: {summary['device']}, {summary['precision']} | data: {s.data.name} | "
+          f"run dir: {run_dir}")
     print("| phase | epoch | our test acc | report test acc | our train acc | report train acc | our s/epoch |")
     print("|---|---|---|---|---|---|---|")
     for row in ours:
@@ -111,12 +113,12 @@ def _interleaved(fns: dict[str, Callable[[], None]], images_per_call: int, windo
 
 
 def _step_fn(model: nn.Module, batch: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-             device: torch.device) -> Callable[[], None]:
+             device: torch.device, precision: str) -> Callable[[], None]:
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    autocast = autocast_for(device)
+    autocast = autocast_for(device, precision)
     return lambda: train_step(model, optimizer, *batch(), autocast, 0.1)
 
 
@@ -177,6 +179,7 @@ def speed(args: argparse.Namespace) -> int:
     from sweeper.models.vit import ViT
 
     device = pick_device(args.device)
+    precision = resolve_precision(device, args.precision)
     bs = args.batch_size or (256 if device.type == "cuda" else 64)
     workers = args.workers if args.workers is not None else (os.cpu_count() if device.type == "cuda" else 2)
     torch.manual_seed(0)
@@ -186,23 +189,25 @@ def speed(args: argparse.Namespace) -> int:
     ours_batches = _cycle(lambda: iter(Batches(x_dev, y_dev, bs, True, g)))
     fixed = (torch.randn(bs, 3, 32, 32, device=device), torch.randint(0, 10, (bs,), device=device))
     rows: list[tuple[str, float, float | None, str]] = []
-    print(f"device: {describe(device)} | batch size {bs} | {args.windows} windows x {args.steps} steps | "
+    print(f"device: {describe(device)} | {precision} | batch size {bs} | "
+          f"{args.windows} windows x {args.steps} steps | "
           f"torch {torch.__version__}", flush=True)
 
     for patch in (4, 8, 16):
         for overlap in ("none", "half"):
             cfg = ViTConfig(patch=patch, overlap=overlap)
-            fns = {"ours": _step_fn(Classifier(ViT(cfg), 10), lambda: fixed, device)}
+            fns = {"ours": _step_fn(Classifier(ViT(cfg), 10), lambda: fixed, device, precision)}
             ref = _timm_vit(cfg)
             if ref is not None:
-                fns["timm"] = _step_fn(ref, lambda: fixed, device)
+                fns["timm"] = _step_fn(ref, lambda: fixed, device, precision)
             rate = _interleaved(fns, bs, args.windows, args.steps, device)
             what = "timm VisionTransformer, same shape" if ref else "none: timm has no overlapping patches"
             rows.append((f"ViT patch {patch}, overlap {overlap}: train step", rate["ours"],
                          rate.get("timm"), what))
             _progress(rows[-1])
     for stem in ("cifar", "imagenet"):
-        rate = _interleaved({"ours": _step_fn(Classifier(ResNet18(stem), 10), lambda: fixed, device)},
+        resnet = _step_fn(Classifier(ResNet18(stem), 10), lambda: fixed, device, precision)
+        rate = _interleaved({"ours": resnet},
                             bs, args.windows, args.steps, device)
         rows.append((f"ResNet-18 stem={stem}: train step", rate["ours"], None, ""))
         _progress(rows[-1])
@@ -225,8 +230,8 @@ def speed(args: argparse.Namespace) -> int:
     _progress(rows[-1])
     baseline = ViTConfig()
     rate = _interleaved({
-        "ours": _step_fn(Classifier(ViT(baseline), 10), ours_batches, device),
-        "ref": _step_fn(Classifier(ViT(baseline), 10), ref_batch, device),
+        "ours": _step_fn(Classifier(ViT(baseline), 10), ours_batches, device, precision),
+        "ref": _step_fn(Classifier(ViT(baseline), 10), ref_batch, device, precision),
     }, bs, args.windows, args.steps, device)
     rows.append(("epoch: pipeline + baseline ViT step", rate["ours"], rate["ref"],
                  f"same model fed by the DataLoader ({workers} workers)"))
@@ -252,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m sweeper")
     spd = sub.add_parser("speed", help="throughput of ours beside timm and a DataLoader pipeline")
     spd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    spd.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                     help="as the config's precision key; the references run at the same one")
     spd.add_argument("--batch-size", type=int, help="default: 256 on CUDA, 64 on CPU")
     spd.add_argument("--steps", type=int, default=5, help="steps per timed window")
     spd.add_argument("--windows", type=int, default=3, help="timed windows per measurement")

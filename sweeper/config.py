@@ -120,6 +120,7 @@ class Config:
     label_smoothing: float = 0.1
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto | bf16 | fp32
     compile: bool = False
     resume: bool = True
 
@@ -140,6 +141,7 @@ class Settings:
     label_smoothing: float
     seed: int
     device: str
+    precision: str
     compile: bool
     resume: bool
 
@@ -247,6 +249,8 @@ def validate(cfg: DictConfig) -> Settings:
         raise _allowed("label_smoothing", plain["label_smoothing"], "a number in [0, 1)")
     if plain["device"] not in ("auto", "cpu", "cuda"):
         raise _allowed("device", plain["device"], "auto, cpu or cuda")
+    if plain["precision"] not in ("auto", "bf16", "fp32"):
+        raise _allowed("precision", plain["precision"], "auto, bf16 or fp32")
 
     if isinstance(task, FinetuneTask):
         if not task.encoder:

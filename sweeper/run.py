@@ -17,7 +17,7 @@ from sweeper.data import sources
 from sweeper.lock import LOCK_FILE, run_lock
 from sweeper.records import fail
 from sweeper.tasks import Phase, build_phases
-from sweeper.train import Outcome, Trainer
+from sweeper.train import Outcome, Trainer, resolve_precision
 
 
 # A rerun leaves these alone: `complete` is done, and a `diverged` run would diverge again.
@@ -79,11 +79,13 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
         "seed": s.seed,
         "params": count_params(phases),
         "device": describe(device),
+        "precision": resolve_precision(device, s.precision),
         "torch": torch.__version__,
         **{k: v for p in phases for k, v in p.meta.items()},
     }
     prior_seconds = float(previous.get("wall_seconds", 0.0))
-    print(f"run dir: {run_dir} | device: {base['device']} | parameters: {base['params']:,}",
+    print(f"run dir: {run_dir} | device: {base['device']} | {base['precision']} | "
+          f"parameters: {base['params']:,}",
           flush=True)
 
     def log(row: dict[str, Any]) -> None:

@@ -1,8 +1,10 @@
 """The command line as users type it: composition, sweeps, every option, bad input."""
 
 import pytest
+import torch
 
 from conftest import metrics, ok, run_dirs, summary, sweeper
+from sweeper.train import autocast_for, native_bf16, resolve_precision
 
 COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
            "lr", "epoch_seconds", "images_per_s"]
@@ -86,6 +88,7 @@ def test_resnet18_both_stems_and_every_task(tmp_path, tiny):
     (["cls_layer=9"], "cls_layer=9 is not allowed: first, last or a block index from 0 to 2"),
     (["epochs=0"], "epochs=0 is not allowed: a positive integer"),
     (["batch_size=-4"], "batch_size=-4 is not allowed: a positive integer"),
+    (["precision=fp16"], "precision='fp16' is not allowed: auto, bf16 or fp32"),
     (["data=folder", "data.root=/nonexistent/cifar"], "data.root='/nonexistent/cifar' is not allowed"),
     (["data=folder", "data.root=."], "train/ or test/ is missing"),
     (["model.dim=abc"], "model.dim is not valid for model=vit"),
@@ -108,3 +111,17 @@ def test_unknown_key_and_option_fail_while_composing(tiny):
     assert proc.returncode != 0 and "dimm" in proc.stderr
     proc = sweeper(*tiny, "model=vitt")
     assert proc.returncode != 0 and "Could not find 'model/vitt'" in proc.stderr
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_precision_selects_the_autocast_dtype(precision, dtype):
+    layer = torch.nn.Linear(4, 4)
+    with autocast_for(torch.device("cpu"), precision):
+        assert layer(torch.randn(2, 4)).dtype == dtype
+    auto = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+    assert resolve_precision(torch.device("cpu"), "auto") == auto
+
+
+def test_the_run_records_the_precision_it_trained_at(tmp_path, tiny):
+    ok(sweeper(*tiny, "precision=fp32", f"hydra.run.dir={tmp_path}"))
+    assert summary(tmp_path)["precision"] == "fp32"
