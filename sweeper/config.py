@@ -114,7 +114,7 @@ class Config:
     epochs: int = 25
     batch_size: int = 256
     eval_batch_size: int = 1000
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
