@@ -207,8 +207,7 @@ def speed(args: argparse.Namespace) -> int:
             _progress(rows[-1])
     for stem in ("cifar", "imagenet"):
         resnet = _step_fn(Classifier(ResNet18(stem), 10), lambda: fixed, device, precision)
-        rate = _interleaved({"ours": resnet},
-                            bs, args.windows, args.steps, device)
+        rate = _interleaved({"ours": resnet}, bs, args.windows, args.steps, device)
         rows.append((f"ResNet-18 stem={stem}: train step", rate["ours"], None, ""))
         _progress(rows[-1])
 

@@ -83,7 +83,7 @@ def native_bf16(device: torch.device) -> bool:
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
     """`auto` -> bf16 where the hardware has bf16 units: tensor cores, and on an AVX512-BF16 CPU
-    a 1.4x faster ViT step than fp32. Elsewhere bf16 is emulated and slower: fp32."""
+    a 1.68x faster ViT epoch than fp32 (README). Elsewhere bf16 is emulated and slower: fp32."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
