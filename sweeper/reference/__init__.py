@@ -22,5 +22,5 @@ def vit_curve(patch: object, heads: object, overlap: object, cls_layer: object) 
     shape = ("vit", str(patch), str(heads), str(overlap), str(cls_layer))
     rows = [r for r in seed_rows()
             if (r["task"], r["patch"], r["heads"], r["overlap"], r["cls_layer"]) == shape]
-    first = [r for r in rows if rows and r["experiment"] == rows[0]["experiment"]]
+    first = [r for r in rows if r["experiment"] == rows[0]["experiment"]]
     return sorted(first, key=lambda r: int(r["epoch"]))
