@@ -16,14 +16,13 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from sweeper.lock import is_held
+from sweeper.records import phase_results, run_results
 
 METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
-# Keys that name where or how a run ran, not what it measured, or that repeat another key
-# (model.patch is the top-level patch): never a "setting".
+VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")
+# Keys that name where or how a run ran, not what it measured: never a "setting".
 NOT_SETTINGS = {"device", "compile", "eval_batch_size", "data.root", "data.cache_dir", "task.name",
-                "model.patch", "model.heads", "model.overlap", "model.cls_layer"}
-# The phase whose test figures are a run's result (rotation runs: the fine-tuned classifier).
-RESULT_PHASES = ("finetune", "train")
+                "resume", "checkpoint_every"}
 
 
 @dataclass
@@ -35,58 +34,70 @@ class Collection:
     problems: list[str] = field(default_factory=list)  # runs skipped, and why
 
 
-def find_run_dirs(root: Path, skip: Path | None = None) -> list[Path]:
+def find_run_dirs(root: Path) -> list[Path]:
     """Directories holding a run's files, at any depth (single runs and multiruns alike)."""
     found = set()
     for name in ("metrics.csv", "summary.json", ".hydra/config.yaml"):
         for path in root.rglob(name):
             found.add(path.parent.parent if name.startswith(".hydra") else path.parent)
     # Hidden folders hold what is not a run of its own (.hydra, .previous/ of resume=false).
-    found = {d for d in found if not any(p.startswith(".") for p in d.relative_to(root).parts)}
-    if skip is not None:
-        skip = skip.resolve()
-        found = {d for d in found if d.resolve() != skip and skip not in d.resolve().parents}
-    return sorted(found)
+    return sorted(d for d in found if not any(p.startswith(".") for p in d.relative_to(root).parts))
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
 
 
 def _flat_config(run_dir: Path) -> dict[str, Any]:
+    """The run's resolved config, flat; raises ValueError when it is missing or unreadable.
+    Runs of older versions kept the ViT's shape under model.* too: what trained is model.*."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.exists():
-        return {}
-    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-
-    def flatten(node: Any, prefix: str) -> dict[str, Any]:
-        if isinstance(node, dict):
-            out = {}
-            for k, v in node.items():
-                out.update(flatten(v, f"{prefix}{k}."))
-            return out
-        return {prefix[:-1]: node}
-
-    return flatten(cfg, "")
-
-
-def _summary(run_dir: Path) -> dict[str, Any]:
+        raise ValueError("no .hydra/config.yaml, so its settings are unknown")
     try:
-        return json.loads((run_dir / "summary.json").read_text())
+        config = _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    except Exception as err:  # any YAML or interpolation error: the run cannot be placed
+        raise ValueError(f"unreadable .hydra/config.yaml ({type(err).__name__})") from None
+    for key in VIT_SHAPE:
+        if f"model.{key}" in config:
+            config[key] = config.pop(f"model.{key}")
+    return config
+
+
+def _summary(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """summary.json, and a problem line when it exists but is damaged."""
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}, None
     except (OSError, ValueError):
-        return {}
+        return {}, "summary.json is damaged (not JSON): status unknown"
+    if not isinstance(summary, dict):
+        return {}, "summary.json is damaged (not an object): status unknown"
+    return summary, None
 
 
-def _status(run_dir: Path, summary: dict[str, Any]) -> str:
-    status = summary.get("status", "unknown")
+def _status(run_dir: Path, summary: dict[str, Any], damaged: bool) -> str:
+    status = summary.get("status", "damaged" if damaged else "unknown")
     if status == "running" and not is_held(run_dir):
         return "interrupted"  # killed, or crashed, without a chance to say so
     return status
 
 
 def _metrics(run_dir: Path) -> pd.DataFrame:
-    """The run's epochs; raises ValueError with the reason when the file is unusable."""
+    """The run's epochs; raises ValueError with the reason when the file is unusable. A row
+    that is torn or not numeric makes the whole file unusable: it never enters a mean."""
     path = run_dir / "metrics.csv"
     if not path.exists():
         raise ValueError("no metrics.csv")
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype={"phase": str})
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise ValueError(f"unreadable metrics.csv ({type(err).__name__})") from err
     missing = [c for c in METRIC_COLUMNS if c not in frame.columns]
@@ -95,51 +106,59 @@ def _metrics(run_dir: Path) -> pd.DataFrame:
     if frame.empty:
         raise ValueError("metrics.csv has no epochs")
     numeric = [c for c in frame.columns if c != "phase"]
-    frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
-    if frame["epoch"].isna().any():
-        raise ValueError("metrics.csv has malformed rows")
+    values = frame[numeric].apply(pd.to_numeric, errors="coerce")
+    # "nan"/"inf" written by a diverged run are numbers; text that is not a number is damage.
+    damaged = values.isna() & frame[numeric].notna() & ~frame[numeric].astype(str).apply(
+        lambda c: c.str.strip().str.lower().isin(["nan", "inf", "-inf"]))
+    torn = frame[METRIC_COLUMNS].isna().any(axis=1) | damaged.any(axis=1)
+    if torn.any():
+        rows = [int(i) + 2 for i in frame.index[torn]]  # file lines: the header is line 1
+        raise ValueError(f"metrics.csv has a torn or non-numeric row (line {rows[0]})")
+    frame[numeric] = values
     return frame
 
 
-def _results(frame: pd.DataFrame) -> dict[str, Any]:
-    out: dict[str, Any] = {"epochs_done": len(frame)}
-    result = next((p for p in RESULT_PHASES if (frame["phase"] == p).any()), None)
-    if result is not None:
-        mine = frame[frame["phase"] == result]
-        out.update(
-            final_test_acc=mine["test_acc"].iloc[-1],
-            best_test_acc=mine["test_acc"].max(),
-            final_test_loss=mine["test_loss"].iloc[-1],
-            best_test_loss=mine["test_loss"].min(),
-        )
-    pretrain = frame[frame["phase"] == "pretrain"]
-    if not pretrain.empty:
-        out["rotation_test_acc"] = pretrain["test_acc"].iloc[-1]
-    return out
+def planned_epochs(config: dict[str, Any], summary: dict[str, Any]) -> Any:
+    """Epochs the run was set to train (older runs did not record it: read their config)."""
+    if "epochs_planned" in summary:
+        return summary["epochs_planned"]
+    task = config.get("task.name")
+    if task == "classify":
+        return config.get("epochs")
+    if task == "rotation_pretrain":
+        return config.get("task.pretrain_epochs", 0) + config.get("task.finetune_epochs", 0)
+    return config.get("task.finetune_epochs")
 
 
-def collect(root: Path, skip: Path | None = None) -> Collection:
-    """Every run under `root` (except those under `skip`, the report's own folder)."""
+def collect(root: Path) -> Collection:
+    """Every run under `root`."""
     rows, epochs, problems, configs = [], [], [], {}
-    for run_dir in find_run_dirs(root, skip):
+    for run_dir in find_run_dirs(root):
         name = str(run_dir.relative_to(root)) if run_dir != root else "."
-        summary = _summary(run_dir)
+        summary, damage = _summary(run_dir)
         try:
-            frame = _metrics(run_dir)
+            config = _flat_config(run_dir)
+            try:
+                frame = _metrics(run_dir)
+            except ValueError:
+                if summary and not (run_dir / "metrics.csv").exists():
+                    frame = pd.DataFrame(columns=METRIC_COLUMNS)  # started, no epoch logged yet
+                else:
+                    raise
         except ValueError as err:
-            if summary and not (run_dir / "metrics.csv").exists():
-                frame = pd.DataFrame(columns=METRIC_COLUMNS)  # started, no epoch logged yet
-            else:
-                problems.append(f"{name}: {err}; skipped")
-                continue
-        config = _flat_config(run_dir)
+            problems.append(f"{name}: {err}; skipped")
+            continue
+        if damage:
+            problems.append(f"{name}: {damage}")
         configs[name] = config
+        logged = frame.to_dict("records")
         row = {
             "run": name,
             "task": summary.get("task") or config.get("task.name", "unknown"),
-            "status": _status(run_dir, summary),
+            "status": _status(run_dir, summary, damage is not None),
             "seed": config.get("seed", summary.get("seed", 0)),
-            **_results(frame),
+            **run_results(phase_results(logged)),
+            "epochs_planned": planned_epochs(config, summary),
             "wall_seconds": summary.get("wall_seconds", frame.get("epoch_seconds", pd.Series()).sum()),
         }
         rows.append(row)
@@ -147,8 +166,9 @@ def collect(root: Path, skip: Path | None = None) -> Collection:
             epochs.append(frame.assign(run=name))
     settings = _varying(configs)
     runs = pd.DataFrame(rows)
-    for key in settings:
-        runs[key] = [configs[r].get(key) for r in runs["run"]] if len(runs) else []
+    for key in settings:  # object columns: an integer setting stays 4, never 4.0
+        runs[key] = pd.Series([configs[r].get(key) for r in runs["run"]], index=runs.index,
+                              dtype=object) if len(runs) else []
     epoch_frame = pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame()
     if len(epoch_frame):
         joined = ["task", "status", "seed", *settings]

@@ -12,8 +12,8 @@ matplotlib.use("Agg")  # files only: no display is needed or wanted
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.collect import RESULT_PHASES  # noqa: E402
 from analysis.tables import Table, reference_curve  # noqa: E402
+from sweeper.records import RESULT_PHASES  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 110, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
 

@@ -1,7 +1,9 @@
 """`python -m analysis.report OUTPUTS_DIR`: every run below a directory -> tables and plots.
 
 Writes runs.csv, epochs.csv, report.md, PNG plots and index.html to OUTPUTS_DIR/report/
-(or --out DIR). Exit code 2, with one line, when there is nothing to report.
+(or --out DIR). It never deletes anything it did not write: the names of the files it wrote
+are kept in DIR/.report-files, and a file of another name in the way is refused. Exit code 2,
+with one line, when there is nothing to report or the output folder is not the report's.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import argparse
 import html
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -17,17 +18,69 @@ from pathlib import Path
 from analysis import plots
 from analysis.collect import collect
 from analysis.tables import build_tables, markdown, write_runs_csv
+
 REFERENCES = ("seed",)  # the assignment report's numbers, shipped in sweeper/reference/
+MANIFEST = ".report-files"  # what the last report wrote here: the only files it may replace
+
+
+class ReportError(Exception):
+    """Nothing to report, or nowhere safe to write it: the message is the one line shown."""
 
 
 def build(root: Path, out: Path, reference: str | None = None) -> list[str]:
-    """Write the report into `out` (replacing it whole at the end); returns problem lines."""
-    col = collect(root, skip=out)
+    """Write the report into `out`, replacing only what an earlier report wrote there; returns
+    problem lines. Raises ReportError before writing anything when it cannot."""
+    col = collect(root)
     if col.runs.empty:
-        raise SystemExit(_fail(f"no runs with a usable metrics.csv under {root}"
-                               + (f" ({len(col.problems)} skipped)" if col.problems else "")))
+        raise ReportError(f"no runs with a usable metrics.csv under {root}"
+                          + (f" ({len(col.problems)} skipped)" if col.problems else ""))
+    ours = _previous_files(out)
     tables = build_tables(col, reference is not None)
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent))
+    try:
+        _write(root, col, tables, staging, reference)
+        _install(staging, out, ours)
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
+    return col.problems
+
+
+def _previous_files(out: Path) -> set[str]:
+    """Names an earlier report wrote in `out`. Refuses a folder that holds a run."""
+    if not out.exists():
+        return set()
+    if not out.is_dir():
+        raise ReportError(f"--out {out} is a file, not a folder")
+    if (out / "metrics.csv").exists() or (out / ".hydra").exists():
+        raise ReportError(f"--out {out} is a run directory: choose a folder of its own")
+    try:
+        return set((out / MANIFEST).read_text().split())
+    except OSError:
+        return set()
+
+
+def _install(staging: Path, out: Path, ours: set[str]) -> None:
+    """Move the new files into `out`; remove files of the earlier report that are not made again.
+    A file of the same name that no report wrote is never overwritten."""
+    new = sorted(p.name for p in staging.iterdir())
+    taken = [n for n in new if (out / n).exists() and n not in ours]
+    if taken:
+        raise ReportError(f"--out {out} already holds {', '.join(taken[:3])}"
+                          f"{' ...' if len(taken) > 3 else ''}, not written by a report: "
+                          f"choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in new:
+        os.replace(staging / name, out / name)
+    for name in ours - set(new):
+        (out / name).unlink(missing_ok=True)
+    tmp = out / f"{MANIFEST}.tmp"
+    tmp.write_text("\n".join(new) + "\n")
+    os.replace(tmp, out / MANIFEST)
+
+
+def _write(root: Path, col, tables, staging: Path, reference: str | None) -> None:
     write_runs_csv(col, staging / "runs.csv")
     col.epochs.to_csv(staging / "epochs.csv", index=False)
 
@@ -52,11 +105,6 @@ def build(root: Path, out: Path, reference: str | None = None) -> list[str]:
         md += ["## Skipped", ""] + [f"- {p}" for p in col.problems] + [""]
     (staging / "report.md").write_text("\n".join(md))
     (staging / "index.html").write_text(_html(root, tables, figures, times, col.problems))
-
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
-    return col.problems
 
 
 def _html(root: Path, tables, figures, times: str, problems: list[str]) -> str:
@@ -106,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{args.root} is not a directory of runs")
     out = (args.out or args.root / "report").resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    problems = build(args.root, out, args.reference)
+    try:
+        problems = build(args.root, out, args.reference)
+    except ReportError as err:
+        return _fail(str(err))
     for problem in problems:
         print(f"skipped: {problem}")
     print(f"report written to {out} (report.md, index.html, runs.csv, epochs.csv, PNG plots)")

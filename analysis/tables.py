@@ -23,7 +23,7 @@ FAMILIES = [
     ("Attention heads", ["heads"]),
     ("CLS token layer", ["cls_layer"]),
 ]
-PART_A = ("rotation_pretrain", "finetune", "scratch")
+PART_A = ("rotation_pretrain", "rotation_probe", "finetune", "scratch")
 # (column, heading, True when larger is better)
 METRICS = [
     ("final_test_acc", "final test acc", True),
@@ -51,7 +51,7 @@ def label(values: dict[str, Any]) -> str:
 def _variant(config: dict[str, Any]) -> str:
     task, frozen = config.get("task.name"), config.get("task.freeze_encoder")
     head = "linear probe" if frozen else "fine-tuned"
-    if task == "rotation_pretrain":
+    if task in ("rotation_pretrain", "rotation_probe"):
         return f"rotation pre-training, {head}"
     if task == "finetune":
         return f"saved encoder, {head}"
@@ -111,19 +111,33 @@ def _grid_tables(col: Collection, runs: pd.DataFrame, reference: bool) -> list[T
     return tables
 
 
+def progress(run: pd.Series) -> str:
+    """`complete`, or the status of an unfinished run with its epochs done of those planned."""
+    if run["status"] == "complete":
+        return "complete"
+    planned = run.get("epochs_planned")
+    of = f"/{int(planned)}" if isinstance(planned, (int, float)) and not pd.isna(planned) else ""
+    return f"{run['status']} {int(run['epochs_done'])}{of} epochs"
+
+
 def _table(title: str, runs: pd.DataFrame, keys: list[str], col: Collection,
            reference: bool) -> Table:
+    """Figures are means over the setting's complete runs only: a run still going, killed or
+    diverged shows its progress in the status column, never a "final" number."""
     runs = runs.copy()
     runs["label"] = [label({k: r[k] for k in keys}) for _, r in runs.iterrows()]
     rows = []
     for name, group in runs.groupby("label", sort=False):
         row: dict[str, Any] = {"label": name, **{k: group[k].iloc[0] for k in keys}}
+        complete = group[group["status"] == "complete"]
         for metric, _, _ in METRICS:
-            values = group[metric].dropna() if metric in group else pd.Series(dtype=float)
+            values = complete[metric].dropna() if metric in complete else pd.Series(dtype=float)
             row[f"{metric}_mean"] = values.mean() if len(values) else math.nan
             row[f"{metric}_std"] = values.std() if len(values) > 1 else math.nan
             row[f"{metric}_n"] = len(values)
-        row["statuses"] = ", ".join(sorted(set(group["status"])))
+        states = [progress(r) for _, r in group.iterrows()]
+        row["statuses"] = ", ".join(f"{s} x{states.count(s)}" if states.count(s) > 1 else s
+                                    for s in dict.fromkeys(states))
         if reference:
             curve = reference_curve(col.configs.get(group["run"].iloc[0], {}))
             row["report_test_acc"] = math.nan if curve is None else curve["test_acc"].iloc[-1]
@@ -206,7 +220,19 @@ def markdown(table: Table) -> str:
     return "\n".join(lines)
 
 
+FINAL_COLUMNS = ["final_test_acc", "best_test_acc", "final_test_loss", "best_test_loss",
+                 "rotation_test_acc"]
+
+
 def write_runs_csv(col: Collection, path: Path) -> None:
-    columns = ["run", "task", "status", "seed", *col.settings, "epochs_done", "final_test_acc",
-               "best_test_acc", "final_test_loss", "best_test_loss", "rotation_test_acc", "wall_seconds"]
-    col.runs.reindex(columns=columns).to_csv(path, index=False)
+    """A row per run. Final and best figures are those of complete runs; an unfinished run has
+    its epochs done of planned and its last logged test accuracy instead."""
+    runs = col.runs.copy()
+    runs["last_test_acc"] = runs.get("final_test_acc")
+    unfinished = runs["status"] != "complete"
+    for column in FINAL_COLUMNS:
+        if column in runs:
+            runs[column] = runs[column].mask(unfinished)
+    columns = ["run", "task", "status", "seed", *col.settings, "epochs_done", "epochs_planned",
+               *FINAL_COLUMNS, "last_test_acc", "wall_seconds"]
+    runs.reindex(columns=columns).to_csv(path, index=False)

@@ -9,31 +9,29 @@ from typing import Any, Optional
 
 import torch
 
+from sweeper.atomic import atomic_write
+
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file, fsync, then rename: a reader sees the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save, written whole or not at all (see sweeper.atomic)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def load(path: Path) -> Optional[dict]:
-    """The checkpoint at `path`, or None if there is none. A corrupt one is renamed
-    `<name>.corrupt-<time>` (never deleted) and reported, and None is returned."""
+def load(path: Path, version: int) -> Optional[dict]:
+    """The checkpoint at `path`, or None if there is none. One that is corrupt, or of another
+    format `version`, is renamed `<name>.corrupt-<time>` (never deleted) and reported, and
+    None is returned."""
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("version") != version:
+            raise ValueError(f"format {state.get('version')}, not {version}")
+        return state
     except Exception as err:
         aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
         os.replace(path, aside)
-        print(f"warning: checkpoint {path} is unreadable ({type(err).__name__}); "
-              f"moved to {aside.name}, starting without it", flush=True)
+        print(f"warning: checkpoint {path} is unreadable ({type(err).__name__}: "
+              f"{str(err).splitlines()[0][:120] if str(err) else ''}); moved to {aside.name}, "
+              f"starting without it", flush=True)
         return None

@@ -6,13 +6,16 @@ The run directory is the interface to `analysis`; these column and key names are
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
+from sweeper.atomic import atomic_write_text
 from sweeper.lock import LOCK_FILE
 
 METRICS_FILE = "metrics.csv"
@@ -21,6 +24,53 @@ COLUMNS = [
     "phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
     "lr", "epoch_seconds", "images_per_s",
 ]
+
+
+# The phase whose test figures are a run's result (rotation runs: the fine-tuned classifier).
+RESULT_PHASES = ("finetune", "train")
+
+
+def phase_results(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per phase, in logged order: epochs done and the final / best test figures. The one rule
+    for a run's numbers, used by the run's summary.json and by the report alike."""
+    phases: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        phases.setdefault(row["phase"], []).append(row)
+    out = {}
+    for name, mine in phases.items():
+        accs = [float(r["test_acc"]) for r in mine]
+        losses = [float(r["test_loss"]) for r in mine]
+        out[name] = {
+            "epochs_done": len(mine),
+            "final_test_acc": accs[-1],
+            "best_test_acc": max(accs),
+            "final_test_loss": losses[-1],
+            "best_test_loss": min(losses),
+            "final_train_acc": float(mine[-1]["train_acc"]),
+        }
+    return out
+
+
+def run_results(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A run's headline figures: its result phase's, and the rotation pretext's test accuracy."""
+    out: dict[str, Any] = {"epochs_done": sum(p["epochs_done"] for p in phases.values())}
+    result = next((phases[p] for p in RESULT_PHASES if p in phases), None)
+    if result is not None:
+        out.update({k: v for k, v in result.items() if k != "epochs_done"})
+    if "pretrain" in phases:
+        out["rotation_test_acc"] = phases["pretrain"]["final_test_acc"]
+    return out
+
+
+def json_safe(value: Any) -> Any:
+    """Non-finite floats become null: summary.json stays valid JSON whatever a run logged."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def append_row(run_dir: Path, row: dict[str, Any]) -> None:
@@ -37,31 +87,31 @@ def append_row(run_dir: Path, row: dict[str, Any]) -> None:
 
 
 def read_rows(run_dir: Path) -> list[dict[str, str]]:
+    """The complete rows of metrics.csv: a last line torn by a kill mid-write (no line end, or
+    missing fields) is left out."""
     path = run_dir / METRICS_FILE
-    if not path.exists():
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    return [r for r in csv.DictReader(lines) if all(r.get(k) not in (None, "") for k in COLUMNS)]
 
 
 def write_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrite metrics.csv atomically (used to drop rows past a resumed checkpoint)."""
-    path = run_dir / METRICS_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Rewrite metrics.csv whole (on resume: drops rows past the checkpoint and a torn line)."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
+    atomic_write_text(run_dir / METRICS_FILE, out.getvalue())
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    path = run_dir / SUMMARY_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(run_dir / SUMMARY_FILE,
+                      json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
 
 
 def console_line(row: dict[str, Any]) -> str:
