@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
+import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from sweeper.checkpoint import atomic_save
 from sweeper.config import (
     IMAGE_SIZE,
     Cifar10Data,
@@ -28,7 +29,7 @@ from sweeper.config import (
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: images ordered by (class, file name) from a folder and a tarball alike
 
 
 class DataError(RuntimeError):
@@ -72,8 +73,11 @@ def cifar10(root: Path) -> ImageSet:
                 f"layout ({CIFAR_DIR}/), or use data=folder data.root=DIR_OR_TAR_GZ"
             ) from err
     base = root / CIFAR_DIR
-    with open(base / "batches.meta", "rb") as f:
-        classes = [c.decode() if isinstance(c, bytes) else c for c in _unpickle(f)[b"label_names"]]
+    meta = _unpickle(base / "batches.meta")
+    names = meta.get(b"label_names") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not all(isinstance(c, (bytes, str)) for c in names):
+        raise DataError(f"{base / 'batches.meta'} is not CIFAR-10's batches.meta (no label_names)")
+    classes = [c.decode() if isinstance(c, bytes) else c for c in names]
     x_train, y_train = _cifar_batches([base / name for name in CIFAR_TRAIN])
     x_test, y_test = _cifar_batches([base / "test_batch"])
     images = ImageSet(x_train, y_train, x_test, y_test, classes)
@@ -81,18 +85,45 @@ def cifar10(root: Path) -> ImageSet:
     return images
 
 
-def _unpickle(f: BinaryIO) -> dict:
-    return pickle.load(f, encoding="bytes")
+class _CifarUnpickler(pickle.Unpickler):
+    """Admits only what CIFAR-10's python batches hold (dicts, lists, bytes, str, ints and numpy
+    arrays): a pickle naming any other callable is refused, so a crafted file runs no code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return _CifarUnpickler(f, encoding="bytes").load()
+    except Exception as err:  # any garbage: truncated, not a pickle, refused, wrong encoding
+        raise DataError(f"{path} is not a CIFAR-10 python batch ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
 
 
 def _cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for path in paths:
-        with open(path, "rb") as f:
-            batch = _unpickle(f)
-        data = np.ascontiguousarray(batch[b"data"], dtype=np.uint8)
-        xs.append(torch.from_numpy(data).view(-1, 3, IMAGE_SIZE, IMAGE_SIZE))
-        ys.append(torch.tensor(batch[b"labels"], dtype=torch.int64))
+        batch = _unpickle(path)
+        data = batch.get(b"data") if isinstance(batch, dict) else None
+        labels = batch.get(b"labels") if isinstance(batch, dict) else None
+        if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
+                or data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE or not isinstance(labels, list)
+                or len(labels) != len(data) or not all(type(v) is int for v in labels)):
+            raise DataError(f"{path} is not a CIFAR-10 python batch (expected uint8 data of "
+                            f"shape (N, {3 * IMAGE_SIZE * IMAGE_SIZE}) and N integer labels)")
+        xs.append(torch.from_numpy(np.ascontiguousarray(data)).view(-1, 3, IMAGE_SIZE, IMAGE_SIZE))
+        ys.append(torch.tensor(labels, dtype=torch.int64))
     return torch.cat(xs), torch.cat(ys)
 
 
@@ -122,7 +153,12 @@ def folder(root: Path, cache_dir: Path) -> ImageSet:
     if cached is not None:
         return cached
     images = _decode_tar(root) if root.is_file() else _decode_dir(root)
-    _write_cache(cache, key, images)
+    try:
+        _write_cache(cache, key, images)
+    except OSError as err:  # the cache only saves time: say so once, and go on without it
+        print(f"warning: cannot write the image cache {cache} ({err.strerror or err}); "
+              f"set data.cache_dir to a writable folder to decode only once", file=sys.stderr,
+              flush=True)
     return images
 
 
@@ -156,10 +192,7 @@ def _read_cache(cache: Path, key: str) -> ImageSet | None:
 
 
 def _write_cache(cache: Path, key: str, images: ImageSet) -> None:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-    torch.save({"key": key, **images.__dict__}, tmp)
-    os.replace(tmp, cache)
+    atomic_save({"key": key, **images.__dict__}, cache)
 
 
 def _class_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
@@ -170,61 +203,68 @@ def _class_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
     return None
 
 
+# An image found in a source: (class, file name, where it came from, its bytes).
+Found = tuple[str, str, str, bytes]
+
+
 def _decode_dir(root: Path) -> ImageSet:
-    files = {"train": [], "test": []}
-    for path in sorted(root.rglob("*")):
+    files: dict[str, list[Found]] = {"train": [], "test": []}
+    for path in root.rglob("*"):
         where = _class_of(path.relative_to(root).parts)
         if where and path.is_file():
-            files[where[0]].append((where[1], path.read_bytes()))
+            files[where[0]].append((where[1], path.name, str(path), path.read_bytes()))
     return _assemble(files, str(root))
 
 
 def _decode_tar(root: Path) -> ImageSet:
-    files = {"train": [], "test": []}
+    files: dict[str, list[Found]] = {"train": [], "test": []}
     try:
         with tarfile.open(root) as tar:
             for member in tar:
-                where = _class_of(Path(member.name).parts) if member.isfile() else None
+                parts = Path(member.name).parts
+                where = _class_of(parts) if member.isfile() else None
                 if where:
-                    files[where[0]].append((where[1], tar.extractfile(member).read()))
+                    blob = tar.extractfile(member).read()
+                    files[where[0]].append((where[1], parts[-1], f"{root}:{member.name}", blob))
     except (tarfile.TarError, OSError, EOFError) as err:
         raise DataError(f"data.root={str(root)!r} is not a readable tar archive: {err}") from err
     return _assemble(files, str(root))
 
 
-def _assemble(files: dict[str, list[tuple[str, bytes]]], where: str) -> ImageSet:
-    classes = sorted({c for c, _ in files["train"]})
+def _assemble(files: dict[str, list[Found]], where: str) -> ImageSet:
+    classes = sorted({item[0] for item in files["train"]})
     if not classes or not files["test"]:
         raise DataError(
             f"data.root={where!r} holds no images under train/<class>/ and test/<class>/ "
             f"(png or jpg)"
         )
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted({c for c, _ in files["test"]} - set(index))
+    unknown = sorted({item[0] for item in files["test"]} - set(index))
     if unknown:
         raise DataError(f"data.root={where!r}: test classes {unknown} are not among train's")
     out = []
     for split in ("train", "test"):
-        items = sorted(files[split], key=lambda item: item[0])
-        x = torch.stack([_decode(blob, where) for _, blob in items])
-        y = torch.tensor([index[c] for c, _ in items], dtype=torch.int64)
+        # (class, file name): the same order whether the source is a folder or a tarball of it
+        items = sorted(files[split], key=lambda item: item[:2])
+        x = torch.stack([_decode(blob, name) for _, _, name, blob in items])
+        y = torch.tensor([index[item[0]] for item in items], dtype=torch.int64)
         out += [x, y]
     images = ImageSet(*out, classes=classes)
     _check(images, where)
     return images
 
 
-def _decode(blob: bytes, where: str) -> torch.Tensor:
+def _decode(blob: bytes, name: str) -> torch.Tensor:
+    """One image file's pixels; errors name the file (a path, or archive:member)."""
     try:
         with Image.open(io.BytesIO(blob)) as img:
             image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
-    except (UnidentifiedImageError, OSError) as err:
-        raise DataError(f"data.root={where!r} holds an image that cannot be decoded: {err}") from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        reason = "not an image" if isinstance(err, UnidentifiedImageError) else str(err)
+        raise DataError(f"{name} cannot be decoded: {reason}") from None
     if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise DataError(
-            f"data.root={where!r}: images must be {IMAGE_SIZE}x{IMAGE_SIZE}, "
-            f"found {tuple(image.shape[1:])}"
-        )
+        raise DataError(f"{name}: images must be {IMAGE_SIZE}x{IMAGE_SIZE}, "
+                        f"found {image.shape[2]}x{image.shape[1]}")
     return image
 
 
