@@ -4,26 +4,40 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config import ConfigError, register_configs, validate
 from sweeper.records import fail
+from sweeper.rundir import run_name
 
 register_configs()
-# "default" for a run with no overrides; "/" in a value (a data path) must not nest directories.
-OmegaConf.register_new_resolver("run_name", lambda overrides: (overrides or "default").replace("/", "_"))
+OmegaConf.register_new_resolver("run_name", lambda overrides: run_name(overrides or []))
+
+
+class RunFailed(CompactHydraException):
+    """One job of a sweep failed (its error line is printed already); the others still run."""
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        settings = validate(cfg)
-    except ConfigError as err:
-        fail(str(err), run_dir)
-    from sweeper.run import run  # torch loads only once the config is known to be valid
+        try:
+            settings = validate(cfg)
+        except ConfigError as err:
+            fail(str(err), run_dir)
+        from sweeper.run import run  # torch loads only once the config is known to be valid
 
-    return run(settings, run_dir)
+        overrides = list(hydra_cfg.overrides.task)
+        return run(settings, run_dir, cfg, overrides, hydra_cfg.launcher.get("n_jobs"))
+    except SystemExit as exit_:
+        if exit_.code and hydra_cfg.mode == RunMode.MULTIRUN:
+            raise RunFailed(f"error: run {run_dir} failed (its error is above); "
+                            f"the other runs of the sweep went on") from None
+        raise
 
 
 if __name__ == "__main__":

@@ -25,14 +25,19 @@ from typing import Any, Callable, Iterator
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from sweeper.config import ClassifyTask, RotationTask, Settings, ViTConfig, register_configs, validate
+from sweeper.config import (
+    ClassifyTask, ConfigError, RotationTask, Settings, ViTConfig, register_configs, validate,
+)
 from sweeper.data.batches import MEAN, STD, Batches
 from sweeper.models import Classifier
 from sweeper.reference import seed_rows, vit_curve
+from sweeper.rundir import run_name
 from sweeper.run import describe, execute, pick_device
-from sweeper.train import autocast_for, resolve_precision, train_step
+from sweeper.train import autocast_for, resolve_precision, train_step, uses_convolutions
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -54,18 +59,25 @@ def reference_rows(s: Settings) -> dict[tuple[str, int], dict[str, str]]:
     return {}
 
 
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
 def _fmt(value: str | float | None) -> str:
     return "—" if value in (None, "") else f"{float(value):.4f}"
 
 
 def accuracy(args: argparse.Namespace) -> int:
-    cfg = compose_config(args.overrides)
-    s = validate(cfg)
-    name = "+".join(args.overrides).replace("/", "_") or "default"
-    run_dir = Path(args.out) / f"accuracy-{name}-k{args.epochs}"
+    try:
+        cfg = compose_config(args.overrides)
+        s = validate(cfg)
+    except (ConfigError, HydraException, OmegaConfBaseException) as err:
+        return _fail(str(err).strip().splitlines()[0])
+    run_dir = Path(args.out) / f"accuracy-{run_name(args.overrides)}-k{args.epochs}"
     if run_dir.exists():  # a benchmark starts fresh; the old run is kept beside it
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
-    summary = execute(s, run_dir, max_epochs=args.epochs)
+    summary = execute(s, run_dir, cfg, args.overrides, max_epochs=args.epochs)
     ref = reference_rows(s)
     with open(run_dir / "metrics.csv", newline="") as f:
         ours = list(csv.DictReader(f))
@@ -119,7 +131,14 @@ def _step_fn(model: nn.Module, batch: Callable[[], tuple[torch.Tensor, torch.Ten
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     autocast = autocast_for(device, precision)
-    return lambda: train_step(model, optimizer, *batch(), autocast, 0.1)
+    convs = device.type == "cuda" and uses_convolutions(model)
+
+    def step() -> None:
+        x, y = batch()
+        train_step(model, optimizer, x.contiguous(memory_format=torch.channels_last) if convs else x,
+                   y, autocast, 0.1)
+
+    return step
 
 
 def _timm_vit(cfg: ViTConfig) -> nn.Module | None:
@@ -185,8 +204,8 @@ def speed(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     images = synthetic(10_000, 10)  # throughput does not depend on what the pixels show
     x_dev, y_dev = images.x_train.to(device), images.y_train.to(device)
-    g = torch.Generator(device).manual_seed(0)
-    ours_batches = _cycle(lambda: iter(Batches(x_dev, y_dev, bs, True, g)))
+    feed, epochs = Batches(x_dev, y_dev, bs, seed=0, stream="bench"), iter(range(10**9))
+    ours_batches = _cycle(lambda: feed.epoch(next(epochs)))
     fixed = (torch.randn(bs, 3, 32, 32, device=device), torch.randint(0, 10, (bs,), device=device))
     rows: list[tuple[str, float, float | None, str]] = []
     print(f"device: {describe(device)} | {precision} | batch size {bs} | "
@@ -246,22 +265,39 @@ def speed(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line and exit code 2, as everywhere else in the project."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see python -m sweeper.bench --help)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: a positive integer")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeper.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m sweeper.bench", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     acc = sub.add_parser("accuracy", help="test accuracy per epoch beside the report's")
-    acc.add_argument("--epochs", type=int, default=2, help="epochs to run (schedule unchanged)")
+    acc.add_argument("--epochs", type=_positive, default=2, help="epochs to run (schedule unchanged)")
     acc.add_argument("--out", default="outputs/bench", help="where the run directory goes")
     acc.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m sweeper")
     spd = sub.add_parser("speed", help="throughput of ours beside timm and a DataLoader pipeline")
     spd.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     spd.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                      help="as the config's precision key; the references run at the same one")
-    spd.add_argument("--batch-size", type=int, help="default: 256 on CUDA, 64 on CPU")
-    spd.add_argument("--steps", type=int, default=5, help="steps per timed window")
-    spd.add_argument("--windows", type=int, default=3, help="timed windows per measurement")
-    spd.add_argument("--pipeline-steps", type=int, default=100,
+    spd.add_argument("--batch-size", type=_positive, help="default: 256 on CUDA, 64 on CPU")
+    spd.add_argument("--steps", type=_positive, default=5, help="steps per timed window")
+    spd.add_argument("--windows", type=_positive, default=3, help="timed windows per measurement")
+    spd.add_argument("--pipeline-steps", type=_positive, default=100,
                      help="batches per timed window of the input pipelines alone")
     spd.add_argument("--workers", type=int, help="DataLoader workers (default: CPUs on CUDA, 2 on CPU)")
     args = parser.parse_args(argv)

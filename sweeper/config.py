@@ -25,6 +25,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class ViTConfig:
+    """The shape keys (patch, overlap, heads, cls_layer) come from the top level of the config,
+    the only place a user sets them."""
+
     name: str = "vit"
     patch: int = 4
     overlap: str = "none"  # none | half (stride = patch / 2)
@@ -41,6 +44,8 @@ class ResNetConfig:
     stem: str = "cifar"  # cifar (3x3 stride-1 conv, no max-pool) | imagenet (torchvision's own)
 
 
+# Every task trains its reported (10-way) phase for the top-level `epochs`; only the rotation
+# tasks have a second budget, the pretext's.
 @dataclass
 class ClassifyTask:
     name: str = "classify"
@@ -48,17 +53,14 @@ class ClassifyTask:
 
 @dataclass
 class RotationTask:
-    name: str = "rotation_pretrain"
+    name: str = "rotation_pretrain"  # rotation_probe when the encoder is frozen on B
     pretrain_epochs: int = 50
-    finetune_epochs: int = 25
     freeze_encoder: bool = False
 
 
 @dataclass
 class FinetuneTask:
     name: str = "finetune"
-    finetune_epochs: int = 25
-    pretrain_epochs: int = 50  # unused; present so one part-A sweep can set it for every task
     encoder: Optional[str] = None
     freeze_encoder: bool = False
 
@@ -66,8 +68,6 @@ class FinetuneTask:
 @dataclass
 class ScratchTask:
     name: str = "scratch"
-    finetune_epochs: int = 25
-    pretrain_epochs: int = 50  # unused; present so one part-A sweep can set it for every task
 
 
 @dataclass
@@ -123,6 +123,7 @@ class Config:
     precision: str = "auto"  # auto | bf16 | fp32
     compile: bool = False
     resume: bool = True
+    checkpoint_every: float = 60.0
 
 
 @dataclass
@@ -144,6 +145,7 @@ class Settings:
     precision: str
     compile: bool
     resume: bool
+    checkpoint_every: float
 
 
 _SCHEMAS = {
@@ -151,6 +153,7 @@ _SCHEMAS = {
     "task": {
         "classify": ClassifyTask,
         "rotation_pretrain": RotationTask,
+        "rotation_probe": RotationTask,
         "finetune": FinetuneTask,
         "scratch": ScratchTask,
     },
@@ -210,9 +213,33 @@ def _validate_vit(m: ViTConfig) -> None:
         raise _allowed("cls_layer", cls, f"first, last or a block index from 0 to {m.depth}")
 
 
+INT64 = 2**63  # torch's seeds and sizes are 64-bit: larger integers would overflow
+
+
+def _check_ints(node: Any, prefix: str = "") -> None:
+    """Every integer in the config fits in 64 bits (Python's do not need to)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _check_ints(v, f"{prefix}{k}.")
+    elif isinstance(node, int) and not isinstance(node, bool) and not -INT64 <= node < INT64:
+        raise _allowed(prefix[:-1], node, f"an integer from {-INT64} to {INT64 - 1}")
+
+
 def validate(cfg: DictConfig) -> Settings:
     """Check the composed config and return typed settings, or raise ConfigError."""
     plain = OmegaConf.to_container(cfg, resolve=True)
+    _check_ints(plain)
+    unknown = [k for k in plain if k not in _SCHEMAS and k not in Settings.__dataclass_fields__
+               and k not in VIT_SHAPE]
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not a key of this config: see `python -m sweeper "
+                          f"--help` for the keys and groups")
+    if isinstance(plain.get("model"), dict) and plain["model"].get("name") == "vit":
+        given = [k for k in VIT_SHAPE if k in plain["model"]]
+        if given:
+            raise ConfigError(f"model.{given[0]} is not a key: the ViT's shape is set at the "
+                              f"top level, e.g. {given[0]}={plain['model'][given[0]]}")
+        plain["model"].update({k: plain[k] for k in VIT_SHAPE})
     groups = {}
     for group, options in _SCHEMAS.items():
         node = plain.get(group) or {}
@@ -236,9 +263,15 @@ def validate(cfg: DictConfig) -> Settings:
     for key in ("epochs", "batch_size", "eval_batch_size"):
         if plain[key] <= 0:
             raise _allowed(key, plain[key], "a positive integer")
-    for key in ("pretrain_epochs", "finetune_epochs"):
-        if hasattr(task, key) and getattr(task, key) <= 0:
-            raise _allowed(f"task.{key}", getattr(task, key), "a positive integer")
+    if isinstance(task, RotationTask):
+        if task.pretrain_epochs <= 0:
+            raise _allowed("task.pretrain_epochs", task.pretrain_epochs, "a positive integer")
+        task.name = "rotation_probe" if task.freeze_encoder else "rotation_pretrain"
+    for key in ("seed", "checkpoint_every"):
+        if plain[key] < 0:
+            raise _allowed(key, plain[key], "zero or more")
+    if data.split_seed < 0:
+        raise _allowed("data.split_seed", data.split_seed, "zero or more")
     if plain["lr"] <= 0:
         raise _allowed("lr", plain["lr"], "a positive learning rate")
     if plain["weight_decay"] < 0:

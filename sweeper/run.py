@@ -7,34 +7,46 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
+from omegaconf import DictConfig
 
 from sweeper import records
 from sweeper.config import ConfigError, Settings
 from sweeper.data import sources
 from sweeper.lock import LOCK_FILE, run_lock
 from sweeper.records import fail
+from sweeper.rundir import CONFIG_DIR, config_changes, store_config
 from sweeper.tasks import Phase, build_phases
-from sweeper.train import Outcome, Trainer, resolve_precision
-
+from sweeper.train import (
+    Outcome, Preemption, Trainer, compiled_graphs, configure_backends, precision_warning,
+    resolve_precision,
+)
 
 # A rerun leaves these alone: `complete` is done, and a `diverged` run would diverge again.
 FINISHED = ("complete", "diverged")
 
 
-def run(s: Settings, run_dir: Path) -> float:
-    """Train one validated configuration in Hydra's output dir; returns the final test accuracy."""
-    summary = execute(s, run_dir)
+def run(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
+        overrides: Optional[list[str]] = None, n_jobs: Optional[int] = None) -> float:
+    """Train one validated configuration in Hydra's output dir; returns the final test accuracy.
+    `cfg` and `overrides` are stored with the run; `n_jobs` (the launcher's) is named when
+    the device runs out of memory."""
+    summary = execute(s, run_dir, cfg, overrides, n_jobs=n_jobs)
     if summary.get("status") == "preempted":
+        Preemption.hand_off()  # under submitit: its handler requeues the job and exits
         print("pre-empted: rerun the same command to resume", flush=True)
         raise SystemExit(0)  # stop the whole sweep here: the signal was meant for this process
+    if summary.get("status") == "oom":
+        raise SystemExit(1)
     return summary.get("final_test_acc") or 0.0
 
 
-def execute(s: Settings, run_dir: Path, max_epochs: int | None = None) -> dict[str, Any]:
-    """Holding the run dir's lock: load, train and record one run."""
+def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
+            overrides: Optional[list[str]] = None, max_epochs: int | None = None,
+            n_jobs: Optional[int] = None) -> dict[str, Any]:
+    """Holding the run dir's lock: check the stored config, then load, train and record."""
     try:
         device = pick_device(s.device)
     except ConfigError as err:
@@ -46,12 +58,21 @@ def execute(s: Settings, run_dir: Path, max_epochs: int | None = None) -> dict[s
             return read_summary(run_dir)
         if not s.resume:
             move_aside(run_dir)
+        if cfg is not None:
+            changes = config_changes(run_dir, cfg)
+            if changes:
+                print(f"error: {run_dir} was trained with another config: {'; '.join(changes)}. "
+                      f"Rerun with resume=false to start it afresh (its files are kept aside), "
+                      f"or name another run directory", file=sys.stderr, flush=True)
+                raise SystemExit(2)
         previous = read_summary(run_dir)
         if previous.get("status") in FINISHED:
             print(f"run dir: {run_dir} | already {previous['status']}: skipped", flush=True)
             return previous
         try:
-            return _train(s, device, run_dir, previous, max_epochs)
+            if cfg is not None and not (run_dir / CONFIG_DIR / "config.yaml").exists():
+                store_config(run_dir, cfg, overrides or [])
+            return _train(s, device, run_dir, previous, max_epochs, n_jobs)
         except OSError as err:  # disk full, unwritable dir: what was written stays valid
             where = err.filename or run_dir
             print(f"error: cannot write {where}: {err.strerror or err}", file=sys.stderr, flush=True)
@@ -59,19 +80,21 @@ def execute(s: Settings, run_dir: Path, max_epochs: int | None = None) -> dict[s
 
 
 def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str, Any],
-           max_epochs: int | None) -> dict[str, Any]:
+           max_epochs: int | None, n_jobs: Optional[int]) -> dict[str, Any]:
     started = time.time()
     try:
         images = sources.load(s.data)
-        torch.manual_seed(s.seed)
-        generator = torch.Generator(device).manual_seed(s.seed)
+        torch.manual_seed(s.seed)  # model initialisation; batches draw from their own seeds
         on_device = sources.ImageSet(
             *(t.to(device) for t in (images.x_train, images.y_train, images.x_test, images.y_test)),
             classes=images.classes,
         )
-        phases = build_phases(s, on_device, generator)
+        phases = build_phases(s, on_device)
     except (ConfigError, sources.DataError) as err:
         fail(str(err), run_dir)
+    warning = precision_warning(device, s.precision)
+    if warning:
+        print(warning, flush=True)
     base = {
         "task": s.task.name,
         "model": s.model.name,
@@ -80,10 +103,12 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
         "params": count_params(phases),
         "device": describe(device),
         "precision": resolve_precision(device, s.precision),
+        **configure_backends(device),
         "torch": torch.__version__,
+        "epochs_planned": sum(p.epochs for p in phases),
         **{k: v for p in phases for k, v in p.meta.items()},
     }
-    prior_seconds = float(previous.get("wall_seconds", 0.0))
+    prior_seconds = float(previous.get("wall_seconds") or 0.0)
     print(f"run dir: {run_dir} | device: {base['device']} | {base['precision']} | "
           f"parameters: {base['params']:,}",
           flush=True)
@@ -93,17 +118,28 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
         summarise(run_dir, base, "running", prior_seconds + time.time() - started)
 
     summarise(run_dir, base, "running", prior_seconds)
-    outcome: Outcome = Trainer(s, device, run_dir, log, max_epochs).fit(phases)
+    trainer = Trainer(s, device, run_dir, log, max_epochs)
+    try:
+        outcome: Outcome = trainer.fit(phases)
+    except torch.OutOfMemoryError:
+        outcome = Outcome("oom", {"batch_size": s.batch_size, "n_jobs": n_jobs or 1})
+        print(f"error: out of memory on {base['device']} training {s.model.name} at "
+              f"batch_size={s.batch_size} with hydra.launcher.n_jobs={n_jobs or 1} run(s) per "
+              f"device: rerun with a smaller batch_size (or fewer n_jobs); this run is recorded "
+              f"as oom and the rest of the sweep goes on", file=sys.stderr, flush=True)
+    if s.compile:
+        base["compiled_graphs"] = compiled_graphs()  # 0: it ran eager after all
+    base["history"] = trainer.history
     summary = summarise(run_dir, base, outcome.status, prior_seconds + time.time() - started,
                         outcome.detail)
-    if outcome.status != "complete":
+    if outcome.status not in ("complete", "oom"):
         print(f"run {outcome.status}: {outcome.detail}", flush=True)
     return summary
 
 
 def move_aside(run_dir: Path) -> None:
-    """`resume=false`: the run's earlier files go to .previous/<time>/, never deleted."""
-    keep = {".hydra", LOCK_FILE, ".previous"}
+    """`resume=false`: the run's earlier files (its config too) go to .previous/<time>/."""
+    keep = {LOCK_FILE, ".previous"}
     old = [p for p in run_dir.iterdir() if p.name not in keep]
     if old:
         aside = run_dir / ".previous" / time.strftime("%Y%m%d-%H%M%S")
@@ -140,25 +176,10 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 def summarise(run_dir: Path, base: dict[str, Any], status: str, seconds: float,
               detail: dict[str, Any] | None = None) -> dict[str, Any]:
-    """summary.json from metrics.csv: per phase, and the last phase's figures on top."""
-    rows = records.read_rows(run_dir)
-    phases: dict[str, dict[str, Any]] = {}
-    for name in dict.fromkeys(r["phase"] for r in rows):
-        mine = [r for r in rows if r["phase"] == name]
-        accs = [float(r["test_acc"]) for r in mine]
-        phases[name] = {
-            "epochs_done": len(mine),
-            "final_test_acc": accs[-1],
-            "best_test_acc": max(accs),
-            "final_test_loss": float(mine[-1]["test_loss"]),
-            "final_train_acc": float(mine[-1]["train_acc"]),
-        }
-    summary = {"status": status, **base, "epochs_done": len(rows), "wall_seconds": round(seconds, 2)}
-    if phases:
-        summary.update({k: v for k, v in list(phases.values())[-1].items() if k != "epochs_done"})
-    if "pretrain" in phases:
-        summary["rotation_test_acc"] = phases["pretrain"]["final_test_acc"]
-    summary["phases"] = phases
+    """summary.json from metrics.csv: per phase, and the result phase's figures on top."""
+    phases = records.phase_results(records.read_rows(run_dir))
+    summary = {"status": status, **base, "wall_seconds": round(seconds, 2),
+               **records.run_results(phases), "phases": phases}
     if detail:
         summary["detail"] = detail
     records.write_summary(run_dir, summary)

@@ -1,6 +1,6 @@
 """The one epoch loop for every task: AdamW, warm-up + cosine, bf16 autocast where native, metric
-sums kept on the device (one host sync per epoch), a checkpoint per epoch, pre-emption by
-SIGTERM/SIGUSR1, and a guard that stops a run whose loss is no longer finite."""
+sums kept on the device (one host sync per epoch), checkpoints, pre-emption by signal, and a
+guard that stops a run whose loss is no longer finite."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import signal
 import sys
 import time
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -22,6 +22,9 @@ from sweeper.config import Settings
 from sweeper.tasks import Phase
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_VERSION = 2
+# SIGTERM: pre-emption; SIGUSR1/SIGUSR2: time-limit warnings (SLURM's --signal, submitit's USR2).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 @dataclass
@@ -30,30 +33,54 @@ class Outcome:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-class _Preemption:
-    """Set by SIGTERM or SIGUSR1 (how SLURM pre-empts); the loop stops after the current step."""
+class Preemption:
+    """A stop signal sets `signum`; the loop stops after the current step, checkpoints, and the
+    signal is then handed to the handler that was there before (submitit's requeues the job)."""
 
-    requested = False
+    signum: Optional[int] = None
+    previous: dict[int, Any] = {}
 
     @classmethod
     @contextmanager
     def watch(cls) -> Iterator[None]:
-        cls.requested = False
+        cls.signum = None
 
         def handler(signum: int, frame: Any) -> None:
-            cls.requested = True
+            cls.signum = signum
 
-        sigs = [signal.SIGTERM, signal.SIGUSR1]
         try:
-            old = [signal.signal(s, handler) for s in sigs]
+            cls.previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
         except ValueError:  # not the main thread (some launchers): signals stay as they are
+            cls.previous = {}
             yield
             return
         try:
             yield
         finally:
-            for s, h in zip(sigs, old):
+            for s, h in cls.previous.items():
                 signal.signal(s, h)
+
+    @classmethod
+    def hand_off(cls) -> None:
+        """Give the caught signal to the earlier Python handler, if there was one (under
+        submitit: checkpoint-and-requeue). Call once the run's files are written."""
+        previous = cls.previous.get(cls.signum) if cls.signum is not None else None
+        if callable(previous):
+            previous(cls.signum, None)
+
+
+@dataclass
+class Position:
+    """Where a run stands, all that resuming needs besides the weights: the phase, the epochs
+    done in it, and, after a pre-emption mid-epoch, the steps done and their metric sums."""
+
+    phase: int = 0
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: int = 0
+    seconds: float = 0.0
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
@@ -75,18 +102,31 @@ def make_optimizer(model: nn.Module, s: Settings, device: torch.device) -> torch
 
 
 def native_bf16(device: torch.device) -> bool:
-    """CUDA, or a CPU with bf16 units (AVX512-BF16 / AMX) that oneDNN uses."""
+    """bf16 units in hardware: a CUDA card that does not merely emulate bf16 (Ampere and
+    later), or a CPU with AVX512-BF16 / AMX that oneDNN uses."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def resolve_precision(device: torch.device, precision: str = "auto") -> str:
     """`auto` -> bf16 where the hardware has bf16 units: tensor cores, and on an AVX512-BF16 CPU
-    a 1.68x faster ViT epoch than fp32 (README). Elsewhere bf16 is emulated and slower: fp32."""
+    a 1.68x faster ViT epoch than fp32 (README). Elsewhere bf16 is emulated and slower: fp32.
+    A forced bf16 runs where bf16 works at all (emulated if need be), else fp32."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "fp32"
     return precision
+
+
+def precision_warning(device: torch.device, precision: str) -> Optional[str]:
+    """One line when a forced precision is not what runs well, or not what runs at all."""
+    if precision != "bf16" or native_bf16(device):
+        return None
+    if resolve_precision(device, precision) == "fp32":
+        return f"warning: precision=bf16 is not supported on {device}: running fp32"
+    return f"warning: precision=bf16 is emulated on {device} (slow): precision=auto picks fp32 here"
 
 
 def autocast_for(device: torch.device, precision: str = "auto") -> AbstractContextManager:
@@ -96,12 +136,25 @@ def autocast_for(device: torch.device, precision: str = "auto") -> AbstractConte
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
+def configure_backends(device: torch.device) -> dict[str, Any]:
+    """CUDA: cuDNN autotuning (every batch but the last has one shape) and TF32 tensor cores
+    for fp32 matmuls and convolutions. Returns what was set, for summary.json."""
+    if device.type != "cuda":
+        return {}
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return {"cudnn_benchmark": True, "tf32": True}
+
+
+def uses_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                y: torch.Tensor, autocast: AbstractContextManager,
                label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimiser step; returns the loss and logits, still on the device (no host sync)."""
-    if x.is_cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
     with autocast:
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
@@ -118,103 +171,115 @@ class Trainer:
         (status `stopped`): the benchmark's "k epochs of the normal schedule"."""
         self.s, self.device, self.run_dir, self.log = s, device, run_dir, log
         self.max_epochs = max_epochs
+        self.precision = resolve_precision(device, s.precision)
         self.autocast = autocast_for(device, s.precision)
+        self.last_save = time.monotonic()
+        self.history: list[dict[str, Any]] = []  # where each stretch of the run ran
 
     def fit(self, phases: list[Phase]) -> Outcome:
         """Run the phases in order, resuming from the run dir's checkpoint if there is one."""
-        state = checkpoint.load(self.run_dir / CHECKPOINT_FILE)
-        start = (state["phase"], state["epoch"]) if state else (0, 0)
-        self._drop_rows_after(start, [p.name for p in phases])
-        with _Preemption.watch():
-            for index, phase in enumerate(phases):
-                if index < start[0]:
-                    continue
-                outcome = self._run_phase(index, phase, state if index == start[0] else None)
+        state = checkpoint.load(self.run_dir / CHECKPOINT_FILE, CHECKPOINT_VERSION)
+        at = Position(**state["position"]) if state else Position()
+        self.history = list(state.get("history", [])) if state else []
+        self._trim_rows(at, [p.name for p in phases])
+        with Preemption.watch():
+            for index in range(at.phase, len(phases)):
+                phase = phases[index]
+                resumed = state if index == at.phase else None
+                start = at if index == at.phase else Position(phase=index)
+                outcome = self._run_phase(phase, start, resumed)
                 if outcome.status != "complete":
                     return outcome
                 if phase.on_end:
                     phase.on_end(self.run_dir)
         return Outcome("complete")
 
-    def _drop_rows_after(self, start: tuple[int, int], names: list[str]) -> None:
-        """Rows logged after the checkpoint was taken belong to work that will be redone."""
-        rows = records.read_rows(self.run_dir)
-        keep = [r for r in rows if (names.index(r["phase"]), int(r["epoch"])) <= start]
-        if len(keep) != len(rows):
-            records.write_rows(self.run_dir, keep)
+    def _trim_rows(self, at: Position, names: list[str]) -> None:
+        """metrics.csv as of the checkpoint: rows logged after it belong to work that will be
+        redone, and a line torn by a kill is dropped."""
+        if not (self.run_dir / records.METRICS_FILE).exists():
+            return
+        keep = [r for r in records.read_rows(self.run_dir)
+                if (names.index(r["phase"]), int(r["epoch"])) <= (at.phase, at.epoch)]
+        records.write_rows(self.run_dir, keep)
 
-    def _run_phase(self, index: int, phase: Phase, state: Optional[dict]) -> Outcome:
+    def _resume(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])  # moves its tensors to the params' device
+        was = state.get("device")
+        now = self.device.type
+        if was and was != now:
+            print(f"resuming on {now} a checkpoint written on {was}: model and optimiser state "
+                  f"moved across; the batch order is the same, drawn from (seed, phase, epoch)",
+                  flush=True)
+
+    def _run_phase(self, phase: Phase, at: Position, state: Optional[dict]) -> Outcome:
         s, device = self.s, self.device
         model = phase.model.to(device)
         if phase.frozen is not None:  # frozen from this phase on: the optimiser never sees it
             phase.frozen.requires_grad_(False)
-        if device.type == "cuda":  # convolutions run faster on NHWC tensors with bf16
+        channels_last = device.type == "cuda" and uses_convolutions(model)
+        if channels_last:  # convolutions run faster on NHWC tensors with bf16
             model = model.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(model, s, device)
-        steps_per_epoch = len(phase.train)
-        total = phase.epochs * steps_per_epoch
-        warmup = min(total, round(s.warmup_epochs * steps_per_epoch))
-        first_epoch, partial = 0, None
         if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            phase.generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            first_epoch, partial = state["epoch"], state.get("partial")
-        step_model = torch.compile(model) if s.compile and device.type == "cuda" else model
+            self._resume(model, optimizer, state)
+        step_model = compile_model(model) if s.compile else model
+        self.history.append({"phase": phase.name, "epoch": at.epoch + 1, "step": at.step,
+                             "device": device.type, "precision": self.precision,
+                             "compile": s.compile})
+        steps = len(phase.train)
+        total = phase.epochs * steps
+        warmup = min(total, round(s.warmup_epochs * steps))
 
-        for epoch in range(first_epoch, phase.epochs):
-            if self.max_epochs is not None and epoch - first_epoch >= self.max_epochs:
+        for epoch in range(at.epoch, phase.epochs):
+            if self.max_epochs is not None and epoch - at.epoch >= self.max_epochs:
                 return Outcome("stopped", {"phase": phase.name, "epoch": epoch})
-            if partial:  # replay this epoch's draws from its start
-                phase.generator.set_state(partial["generator"])
-            epoch_start_rng = phase.generator.get_state()
-            result = self._train_epoch(phase, model, step_model, optimizer, epoch, steps_per_epoch,
-                                       total, warmup, partial)
-            partial = None
-            if result.status == "preempted":
-                self._save(index, epoch, model, optimizer, phase, partial={
-                    "generator": epoch_start_rng, **result.detail})
+            part = at if epoch == at.epoch else Position(phase=at.phase, epoch=epoch)
+            row, bad_step, stopped = self._train_epoch(phase, model, step_model, optimizer, part,
+                                                       total, warmup, channels_last)
+            if stopped is not None:
+                self._save(stopped, model, optimizer)
                 return Outcome("preempted", {"phase": phase.name, "epoch": epoch + 1,
-                                             "step": result.detail["step"]})
-            row = result.detail["row"]
-            row["test_loss"], row["test_acc"] = self.evaluate(step_model, phase.test)
+                                             "step": stopped.step, "signal": Preemption.signum})
+            row["test_loss"], row["test_acc"] = self.evaluate(step_model, phase.test, channels_last)
             row["phase"] = phase.name
             records.append_row(self.run_dir, row)
             self.log(row)
-            if result.status == "diverged":
+            if bad_step >= 0 or not all(map(math.isfinite, (row["train_loss"], row["test_loss"]))):
                 return Outcome("diverged", {"phase": phase.name, "epoch": epoch + 1,
-                                            "step": result.detail["bad_step"]})
-            self._save(index, epoch + 1, model, optimizer, phase)
+                                            "step": bad_step if bad_step >= 0 else None})
+            done = Position(phase=at.phase, epoch=epoch + 1)
+            if epoch + 1 == phase.epochs or time.monotonic() - self.last_save >= s.checkpoint_every:
+                self._save(done, model, optimizer)
         return Outcome("complete")
 
     def _train_epoch(self, phase: Phase, model: nn.Module, step_model: nn.Module,
-                     optimizer: torch.optim.Optimizer, epoch: int, steps_per_epoch: int,
-                     total: int, warmup: int, partial: Optional[dict]) -> Outcome:
+                     optimizer: torch.optim.Optimizer, at: Position, total: int, warmup: int,
+                     channels_last: bool) -> tuple[dict[str, Any], int, Optional[Position]]:
+        """One epoch from step `at.step`: (its row, the first non-finite step or -1, and the
+        position to checkpoint if a stop signal came, else None)."""
         s, device = self.s, self.device
         model.train()
         if phase.frozen is not None:
             phase.frozen.eval()  # a linear probe keeps the encoder's batch-norm statistics
-        zero = torch.zeros((), device=device)
-        loss_sum, correct, bad_step = zero.clone(), zero.clone(), zero.clone() - 1
-        seen, done, elapsed = 0, 0, 0.0
-        if partial:
-            loss_sum += partial["loss_sum"].to(device)
-            correct += partial["correct"].to(device)
-            seen, done, elapsed = partial["seen"], partial["step"], partial["elapsed"]
-        progress = _Progress(epoch + 1, steps_per_epoch)
+        steps = len(phase.train)
+        loss_sum = torch.tensor(at.loss_sum, device=device)
+        correct = torch.tensor(at.correct, device=device)
+        bad_step = torch.tensor(-1, device=device)
+        seen, lr = at.seen, s.lr
+        progress = _Progress(at.epoch + 1, steps)
         start = time.perf_counter()
-        for step, (x, y) in enumerate(phase.train):
-            if step < done:  # resuming mid-epoch: replay the batch draws, skip the update
-                continue
-            if _Preemption.requested:
-                detail = {"step": step, "loss_sum": loss_sum.cpu(), "correct": correct.cpu(),
-                          "seen": seen, "elapsed": elapsed + time.perf_counter() - start}
-                return Outcome("preempted", detail)
-            global_step = epoch * steps_per_epoch + step
+        for step, (x, y) in enumerate(phase.train.epoch(at.epoch, at.step), start=at.step):
+            if Preemption.signum is not None:
+                return {}, -1, Position(at.phase, at.epoch, step, loss_sum.item(), correct.item(),
+                                        seen, at.seconds + time.perf_counter() - start)
+            global_step = at.epoch * steps + step
             lr = lr_at(global_step, total, warmup, s.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             loss, logits = train_step(step_model, optimizer, x, y, self.autocast, s.label_smoothing)
             detached = loss.detach()
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), global_step, bad_step)
@@ -224,23 +289,20 @@ class Trainer:
             progress.update(step + 1)
         progress.close()
         train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # the epoch's sync
-        seconds = elapsed + time.perf_counter() - start
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "lr": lr,
+        seconds = at.seconds + time.perf_counter() - start
+        row = {"epoch": at.epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "lr": lr,
                "epoch_seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)}
-        first_bad = int(bad_step.item())
-        if first_bad >= 0 or not math.isfinite(train_loss):
-            return Outcome("diverged", {"row": row, "bad_step": first_bad})
-        return Outcome("complete", {"row": row})
+        return row, int(bad_step.item()), None
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Any) -> tuple[float, float]:
+    def evaluate(self, model: nn.Module, batches: Any, channels_last: bool = False) -> tuple[float, float]:
         """Mean cross-entropy (no smoothing) and accuracy over every test image."""
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen = 0
         for x, y in batches:
-            if self.device.type == "cuda":
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast:
                 logits = model(x).float()
@@ -249,19 +311,34 @@ class Trainer:
             seen += len(y)
         return loss_sum.item() / seen, correct.item() / seen
 
-    def _save(self, index: int, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-              phase: Phase, partial: Optional[dict] = None) -> None:
-        state = {
-            "phase": index,
-            "epoch": epoch,
+    def _save(self, at: Position, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        checkpoint.atomic_save({
+            "version": CHECKPOINT_VERSION,
+            "position": asdict(at),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "generator": phase.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        if partial is not None:
-            state["partial"] = partial
-        checkpoint.atomic_save(state, self.run_dir / CHECKPOINT_FILE)
+            "device": self.device.type,
+            "precision": self.precision,
+            "history": self.history,
+        }, self.run_dir / CHECKPOINT_FILE)
+        self.last_save = time.monotonic()
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """torch.compile with dynamo's caches reset first: a process that runs many runs (a joblib
+    worker) would otherwise pile up graphs until dynamo's recompile limit, then silently fall
+    back to eager. Shapes per run: full and last batch, train and eval."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    return torch.compile(model)
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo compiled since its last reset: 0 means the model ran eager."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 class _Progress:

@@ -128,20 +128,21 @@ def test_synthetic_is_deterministic_and_balanced():
 
 
 def test_augment_keeps_shape_and_is_a_crop_or_flip_of_the_padded_image():
-    g = torch.Generator().manual_seed(0)
     x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32)
-    out = augment(x, g)
+    out = augment(x, torch.tensor([0, 8]), torch.tensor([3, 5]), torch.tensor([False, True]))
     assert out.shape == x.shape
     padded = torch.nn.functional.pad(x, (4,) * 4, mode="reflect")
     for i in range(2):
         windows = [padded[i, :, r : r + 32, c : c + 32] for r in range(9) for c in range(9)]
         assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(2)) for w in windows)
+    torch.testing.assert_close(out[0], padded[0, :, 0:32, 3:35])
+    torch.testing.assert_close(out[1], padded[1, :, 8:40, 5:37].flip(2))
 
 
 def test_batches_cover_every_image_once_per_epoch():
     x = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 32, 32).contiguous()
     y = torch.arange(10)
-    seen = torch.cat([yb for _, yb in Batches(x, y, 4, True, torch.Generator().manual_seed(0))])
+    seen = torch.cat([yb for _, yb in Batches(x, y, 4, seed=0, stream="train").epoch(0)])
     assert sorted(seen.tolist()) == list(range(10))
-    ordered = [yb.tolist() for _, yb in Batches(x, y, 4, False)]
+    ordered = [yb.tolist() for _, yb in Batches(x, y, 4)]
     assert ordered == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]

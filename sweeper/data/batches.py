@@ -3,10 +3,16 @@
 Augmentation (random crop with 4 pixels of reflect padding, horizontal flip) and
 normalisation run on the device, vectorised over the batch, so no worker processes are
 needed and the host never touches an image during training.
+
+Every random draw of an epoch (the order, each image's crop offsets and flip) is made at the
+epoch's start, at once, by a CPU generator seeded from (seed, stream, epoch), then copied to
+the device in one transfer. So an epoch is the same on every device, a resumed run can start
+it at any step without replaying earlier batches, and no step waits on the host.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterator, Optional
 
 import torch
@@ -16,6 +22,8 @@ import torch.nn.functional as F
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 PAD = 4
+
+Batch = tuple[torch.Tensor, Optional[torch.Tensor]]
 
 
 def normaliser(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,59 +38,76 @@ def normalise(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torc
     return x.float().mul_(scale).sub_(shift)
 
 
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (reflect padding of PAD) and horizontal flip, one draw per image.
+def augment(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Crop at offsets (dy, dx) of the image padded by PAD (reflect), flipped where `flip`.
 
     Two `gather`s on uint8: rows, then columns read backwards for flipped images. 2.6x faster
     on a 2-core CPU than advanced indexing plus a separate flip (measured at batch 64).
     """
     n, c, h, w = x.shape
     padded = F.pad(x, (PAD,) * 4, mode="reflect")
-    dy, dx = torch.randint(0, 2 * PAD + 1, (2, n, 1, 1, 1), device=x.device, generator=generator)
-    flip = torch.rand(n, 1, 1, 1, device=x.device, generator=generator) < 0.5
+    dy, dx, flip = dy.view(n, 1, 1, 1), dx.view(n, 1, 1, 1), flip.view(n, 1, 1, 1)
     rows = (dy + torch.arange(h, device=x.device).view(1, 1, h, 1)).expand(n, c, h, w + 2 * PAD)
     col = torch.arange(w, device=x.device).view(1, 1, 1, w)
     cols = (dx + torch.where(flip, w - 1 - col, col)).expand(n, c, h, w)
     return padded.gather(2, rows).gather(3, cols)
 
 
+def epoch_seed(seed: int, stream: str, epoch: int) -> int:
+    """A 63-bit seed for one epoch of one stream of draws, the same on every machine."""
+    digest = hashlib.sha256(f"{seed}:{stream}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """[start, end) of each training batch. A last batch of one image is folded into the one
+    before: batch norm cannot train on a single image, and no image is dropped."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
 class Batches:
-    """Shuffled (or ordered) mini-batches of an on-device image tensor.
+    """Mini-batches of an on-device image tensor: shuffled and augmented per epoch
+    (`epoch(e, start)`) for training, or in order (`iter`) for evaluation.
 
     `labels` may be None: the rotation pretext is fed images only, so its labels never exist.
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        labels: Optional[torch.Tensor],
-        batch_size: int,
-        train: bool,
-        generator: Optional[torch.Generator] = None,
-    ) -> None:
-        if train and generator is None:
-            raise ValueError("training batches need a generator for shuffling and augmentation")
+    def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], batch_size: int,
+                 seed: int = 0, stream: str = "eval") -> None:
         self.images, self.labels = images, labels
-        self.batch_size, self.train, self.generator = batch_size, train, generator
+        self.batch_size, self.seed, self.stream = batch_size, seed, stream
         self.scale, self.shift = normaliser(images.device)
+        self.bounds = batch_bounds(len(images), batch_size)
 
     def __len__(self) -> int:
-        return -(-len(self.images) // self.batch_size)
+        return len(self.bounds)
 
     @property
     def num_images(self) -> int:
         return len(self.images)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    def _batch(self, idx: torch.Tensor, x: torch.Tensor) -> Batch:
+        return normalise(x, self.scale, self.shift), None if self.labels is None else self.labels[idx]
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Every image once, in order, unaugmented (evaluation)."""
         n, device = len(self.images), self.images.device
-        order = (
-            torch.randperm(n, device=device, generator=self.generator)
-            if self.train
-            else torch.arange(n, device=device)
-        )
         for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
-            x = self.images[idx]
-            if self.train:
-                x = augment(x, self.generator)
-            yield normalise(x, self.scale, self.shift), None if self.labels is None else self.labels[idx]
+            idx = torch.arange(start, min(start + self.batch_size, n), device=device)
+            yield self._batch(idx, self.images[idx])
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        """Training batches of `epoch` (0-based) from batch `start` on."""
+        n, device = len(self.images), self.images.device
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.stream, epoch))
+        order = torch.randperm(n, generator=g)
+        offsets = torch.randint(0, 2 * PAD + 1, (2, n), generator=g)
+        flips = torch.rand(n, generator=g) < 0.5
+        order, offsets, flips = (t.to(device, non_blocking=True) for t in (order, offsets, flips))
+        for lo, hi in self.bounds[start:]:
+            idx = order[lo:hi]
+            x = augment(self.images[idx], offsets[0, lo:hi], offsets[1, lo:hi], flips[lo:hi])
+            yield self._batch(idx, x)

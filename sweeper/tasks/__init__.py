@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional, Protocol
 
 import torch
 from torch import nn
 
 from sweeper.config import (
     ClassifyTask,
+    ConfigError,
     FinetuneTask,
     RotationTask,
     ScratchTask,
@@ -24,29 +25,43 @@ from sweeper.data.sources import ImageSet
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+class TrainFeed(Protocol):
+    """What a phase trains on: `len()` batches per epoch, any epoch startable at any batch."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]: ...
+
+
 @dataclass
 class Phase:
     name: str  # the `phase` column of metrics.csv
     model: nn.Module  # images -> logits
-    train: Iterable[Batch]
+    train: TrainFeed
     test: Iterable[Batch]
     epochs: int
-    generator: torch.Generator  # the one source of randomness in `train`: saved with checkpoints
     frozen: Optional[nn.Module] = None  # no gradients, eval mode, in this phase (linear probe)
     on_end: Optional[Callable[[Path], None]] = None  # called with the run dir when it completes
     meta: dict = field(default_factory=dict)  # extra summary fields, e.g. which encoder was loaded
 
 
-def build_phases(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
+def require_images(n: int, split: str, keys: str) -> None:
+    """A training split needs two images at least (batch norm trains on no fewer)."""
+    if n < 2:
+        raise ConfigError(f"split {split} has {n} training image(s), too few to train on: "
+                          f"give it at least 2 (change {keys})")
+
+
+def build_phases(s: Settings, images: ImageSet) -> list[Phase]:
     """`images` already live on the training device."""
     from sweeper.tasks import classify, rotation
 
     if isinstance(s.task, ClassifyTask):
-        return classify.phases(s, images, generator)
+        return classify.phases(s, images)
     if isinstance(s.task, RotationTask):
-        return rotation.pretrain_then_finetune(s, images, generator)
+        return rotation.pretrain_then_finetune(s, images)
     if isinstance(s.task, FinetuneTask):
-        return rotation.finetune_saved(s, images, generator)
+        return rotation.finetune_saved(s, images)
     if isinstance(s.task, ScratchTask):
-        return rotation.scratch_on_b(s, images, generator)
+        return rotation.scratch_on_b(s, images)
     raise TypeError(f"unknown task {s.task!r}")

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import torch
-
 from sweeper.config import Settings
 from sweeper.data.batches import Batches
 from sweeper.data.sources import ImageSet
 from sweeper.models import Classifier, build_encoder
-from sweeper.tasks import Phase
+from sweeper.tasks import Phase, require_images
 
 
-def phases(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
+def phases(s: Settings, images: ImageSet) -> list[Phase]:
+    require_images(len(images.x_train), "train", "the data source")
     model = Classifier(build_encoder(s.model), len(images.classes))
     return [
         Phase(
             name="train",
             model=model,
-            train=Batches(images.x_train, images.y_train, s.batch_size, True, generator),
-            test=Batches(images.x_test, images.y_test, s.eval_batch_size, False),
+            train=Batches(images.x_train, images.y_train, s.batch_size, s.seed, "train"),
+            test=Batches(images.x_test, images.y_test, s.eval_batch_size),
             epochs=s.epochs,
-            generator=generator,
         )
     ]

@@ -19,7 +19,7 @@ from sweeper.data.batches import Batches
 from sweeper.data.sources import ImageSet
 from sweeper.data.split import stratified_split
 from sweeper.models import Classifier, build_encoder
-from sweeper.tasks import Batch, Phase
+from sweeper.tasks import Batch, Phase, require_images
 
 ROTATIONS = 4
 ENCODER_FILE = "encoder.pt"
@@ -45,6 +45,13 @@ class Rotated:
         for x, _ in self.batches:
             yield rotate4(x)
 
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
+        for x, _ in self.batches.epoch(epoch, start):
+            yield rotate4(x)
+
+
+SPLIT_KEYS = "data.b_fraction, or the number of training images"
+
 
 def split_a_b(s: Settings, images: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of A and B in the training set, on its device."""
@@ -52,60 +59,51 @@ def split_a_b(s: Settings, images: ImageSet) -> tuple[torch.Tensor, torch.Tensor
     return a.to(images.x_train.device), b.to(images.x_train.device)
 
 
-def pretrain_then_finetune(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
+def pretrain_then_finetune(s: Settings, images: ImageSet) -> list[Phase]:
     task: RotationTask = s.task
     a, b = split_a_b(s, images)
+    require_images(len(a), "A", SPLIT_KEYS)
     encoder = build_encoder(s.model)
     per_batch = max(1, s.batch_size // ROTATIONS)  # a step still sees batch_size examples
     pretrain = Phase(
         name="pretrain",
         model=Classifier(encoder, ROTATIONS),
-        train=Rotated(Batches(images.x_train[a], None, per_batch, True, generator)),  # no labels
-        test=Rotated(Batches(images.x_test, None, max(1, s.eval_batch_size // ROTATIONS), False)),
+        train=Rotated(Batches(images.x_train[a], None, per_batch, s.seed, "pretrain")),  # no labels
+        test=Rotated(Batches(images.x_test, None, max(1, s.eval_batch_size // ROTATIONS))),
         epochs=task.pretrain_epochs,
-        generator=generator,
         on_end=lambda run_dir: save_encoder(encoder, s, run_dir / ENCODER_FILE),
     )
-    finetune = _on_b(s, images, b, generator, encoder, "finetune", task.finetune_epochs,
-                     task.freeze_encoder)
+    finetune = _on_b(s, images, b, encoder, "finetune", task.freeze_encoder)
     return [pretrain, finetune]
 
 
-def finetune_saved(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
+def finetune_saved(s: Settings, images: ImageSet) -> list[Phase]:
     task: FinetuneTask = s.task
     encoder = build_encoder(s.model)
     load_encoder(encoder, task.encoder)
     _, b = split_a_b(s, images)
-    phase = _on_b(s, images, b, generator, encoder, "finetune", task.finetune_epochs,
-                  task.freeze_encoder)
+    phase = _on_b(s, images, b, encoder, "finetune", task.freeze_encoder)
     phase.meta["encoder"] = str(Path(task.encoder).expanduser().resolve())
     return [phase]
 
 
-def scratch_on_b(s: Settings, images: ImageSet, generator: torch.Generator) -> list[Phase]:
+def scratch_on_b(s: Settings, images: ImageSet) -> list[Phase]:
     """The baseline that says what pre-training bought: the same network, B only, no pretext."""
     encoder = build_encoder(s.model)
     _, b = split_a_b(s, images)
-    return [_on_b(s, images, b, generator, encoder, "train", s.task.finetune_epochs, False)]
+    return [_on_b(s, images, b, encoder, "train", False)]
 
 
-def _on_b(
-    s: Settings,
-    images: ImageSet,
-    b: torch.Tensor,
-    generator: torch.Generator,
-    encoder: nn.Module,
-    name: str,
-    epochs: int,
-    freeze: bool,
-) -> Phase:
+def _on_b(s: Settings, images: ImageSet, b: torch.Tensor, encoder: nn.Module, name: str,
+          freeze: bool) -> Phase:
+    """Training on B for `epochs`, evaluated on the test set: fine-tuning, probe or scratch."""
+    require_images(len(b), "B", SPLIT_KEYS)
     return Phase(
         name=name,
         model=Classifier(encoder, len(images.classes)),
-        train=Batches(images.x_train[b], images.y_train[b], s.batch_size, True, generator),
-        test=Batches(images.x_test, images.y_test, s.eval_batch_size, False),
-        epochs=epochs,
-        generator=generator,
+        train=Batches(images.x_train[b], images.y_train[b], s.batch_size, s.seed, name),
+        test=Batches(images.x_test, images.y_test, s.eval_batch_size),
+        epochs=s.epochs,
         frozen=encoder if freeze else None,
     )
 

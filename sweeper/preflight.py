@@ -1,0 +1,80 @@
+"""Checks made once, before Hydra runs any job: the output folder can be written, and (for a
+sweep) every job's config is valid. A sweep with invalid combinations launches nothing and
+lists them all in one line, rather than failing at the first and never reaching the rest.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from sweeper.config import ConfigError, validate
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _exit(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` (if needed) and a file in it, or exit 1 with one line saying why."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        _exit(f"cannot write the output folder {folder}: {err.strerror or err}", 1)
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """Every job's overrides, expanded as Hydra's basic sweeper expands them."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(config.hydra.overrides.task)
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    batches = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
+    return [list(job) for batch in batches for job in batch]
+
+
+def invalid_jobs(config: DictConfig, jobs: list[list[str]]) -> list[str]:
+    """'[overrides]: reason' for every job whose config does not validate; a job is named by
+    the overrides that set it apart from the others."""
+    loader = GlobalHydra.instance().config_loader()
+    shared = set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
+    bad = []
+    for job in jobs:
+        job_cfg = loader.load_sweep_config(master_config=config, sweep_overrides=job)
+        with read_write(job_cfg), open_dict(job_cfg):
+            del job_cfg["hydra"]
+        try:
+            validate(job_cfg)
+        except ConfigError as err:
+            bad.append(f"[{' '.join(o for o in job if o not in shared)}]: {err}")
+    return bad
+
+
+class Preflight(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_writable(Path(OmegaConf.select(config, "hydra.run.dir")))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_writable(Path(OmegaConf.select(config, "hydra.sweep.dir")))
+        if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+            return  # another sweeper picks its jobs as it goes: each job validates itself
+        jobs = sweep_jobs(config)
+        bad = invalid_jobs(config, jobs)
+        if bad:
+            _exit(f"{len(bad)} of {len(jobs)} runs of this sweep are invalid, so none was started: "
+                  + "; ".join(bad), 2)

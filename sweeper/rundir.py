@@ -1,0 +1,85 @@
+"""A run's directory: its name, made from the overrides, and the config it was trained with.
+
+The name is what lets the same command find its runs again, so it holds exactly the overrides
+that can change a run's results: the last value of each key (as Hydra applies them), sorted;
+no key that cannot change results; a data path as its base name plus a short hash of the
+resolved path; and a hash in place of the tail of a name too long for a file system.
+
+`.hydra/config.yaml` is written by the run itself, once, when the directory is new (Hydra's own
+copy is switched off, since Hydra would overwrite it on every rerun). A rerun compares it with
+its own config and refuses a directory trained with different values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweeper.atomic import atomic_write_text
+
+# Keys that change where or how a run is kept, never what it computes.
+NOT_RESULTS = ("resume", "data.cache_dir", "checkpoint_every")
+PATH_KEYS = ("data.root", "task.encoder")
+MAX_NAME_BYTES = 200  # file systems allow 255 per path component; leave room for suffixes
+CONFIG_DIR = ".hydra"
+
+
+def _short_hash(text: str, n: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def run_name(overrides: Iterable[str]) -> str:
+    """`patch=8 heads=4,6 ...` (one job's overrides) -> `heads-4+patch-8`, or `default`."""
+    last: dict[str, str] = {}
+    for item in overrides:
+        key, sep, value = str(item).partition("=")
+        key = key.lstrip("+")
+        if not sep or key.startswith("~") or key in NOT_RESULTS:
+            continue
+        if key in PATH_KEYS and value not in ("", "null"):
+            path = Path(value).expanduser()
+            value = f"{path.name}-{_short_hash(str(path.resolve()), 6)}"
+        last.pop(key, None)
+        last[key] = value
+    name = "+".join(f"{k}-{v}" for k, v in sorted(last.items())).replace("/", "_") or "default"
+    if len(name.encode()) > MAX_NAME_BYTES:
+        name = name.encode()[: MAX_NAME_BYTES - 11].decode(errors="ignore") + "~" + _short_hash(name, 10)
+    return name
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def stored_config(run_dir: Path) -> dict[str, Any] | None:
+    """The flat, resolved config the run dir was trained with, or None for a new directory."""
+    path = run_dir / CONFIG_DIR / "config.yaml"
+    if not path.is_file():
+        return None
+    return _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+
+
+def config_changes(run_dir: Path, cfg: DictConfig) -> list[str]:
+    """Keys whose stored value differs from `cfg` (keys that cannot change results aside)."""
+    old = stored_config(run_dir)
+    if old is None:
+        return []
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    keys = sorted(set(old) | set(new))
+    return [f"{k} ({old.get(k, 'absent')!r} -> {new.get(k, 'absent')!r})" for k in keys
+            if k not in NOT_RESULTS and old.get(k, "absent") != new.get(k, "absent")]
+
+
+def store_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
+    """Write the run's resolved config and overrides (once per run; never over another's)."""
+    folder = run_dir / CONFIG_DIR
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))

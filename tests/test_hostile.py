@@ -1,0 +1,342 @@
+"""Hostile inputs and damaged files: nothing of the user's is deleted, no code runs from data,
+no wrong number is tabled, one bad job does not stop a sweep, and every error is one line."""
+
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import ROOT, TINY, metrics, ok, run_dirs, summary, sweeper
+from test_analysis import fake_run, report
+from test_data import make_tree, write_png
+from analysis.collect import collect
+from analysis.tables import build_tables
+from sweeper.data import sources
+from sweeper.data.batches import batch_bounds
+from sweeper.data.sources import DataError
+from sweeper.lock import EXPIRY_SECONDS, LOCK_FILE, run_lock
+from sweeper.rundir import MAX_NAME_BYTES, run_name
+
+
+def one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> None:
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error:") and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert text in proc.stderr, proc.stderr
+
+
+# ---- data loss -----------------------------------------------------------------------------
+
+def test_report_never_deletes_what_it_did_not_write(tmp_path):
+    runs = tmp_path / "outputs"
+    fake_run(runs, "multirun/patch-8", [0.4, 0.5], patch=8)
+    fake_run(runs, "multirun/patch-16", [0.4, 0.6], patch=16)
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("my thesis")
+    assert report(runs, "--out", str(thesis)).returncode == 0
+    assert (thesis / "chapter1.tex").read_text() == "my thesis"
+    assert (thesis / "report.md").exists() and (thesis / "runs.csv").exists()
+    again = report(runs, "--out", str(thesis))  # a second report replaces its own files
+    assert again.returncode == 0 and (thesis / "chapter1.tex").read_text() == "my thesis"
+
+    (thesis / "report.md").unlink()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "report.md").write_text("my own report")
+    one_line_error(report(runs, "--out", str(other)), 2, "not written by a report")
+    assert (other / "report.md").read_text() == "my own report"
+    assert sorted(p.name for p in other.iterdir()) == ["report.md"]
+
+    one_line_error(report(runs, "--out", str(runs / "multirun/patch-8")), 2, "is a run directory")
+    assert len(collect(runs).runs) == 2  # no run was touched
+
+
+# ---- code execution from data --------------------------------------------------------------
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, (f"touch {_Exploit.marker}",))
+
+
+def test_cifar10_pickles_cannot_run_code(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    batch = {b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 1]}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (base / name).write_bytes(pickle.dumps(batch))
+    _Exploit.marker = tmp_path / "pwned"
+    (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [_Exploit()]}))
+    with pytest.raises(DataError, match=r"batches.meta is not a CIFAR-10 python batch .*refused"):
+        sources.cifar10(tmp_path)
+    assert not _Exploit.marker.exists()
+
+    (base / "batches.meta").write_bytes(b"\x80\x04 garbage that is no pickle")
+    with pytest.raises(DataError, match="batches.meta is not a CIFAR-10 python batch"):
+        sources.cifar10(tmp_path)
+    (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"] * 10}))
+    (base / "data_batch_3").write_bytes(pickle.dumps({b"data": "not pixels", b"labels": [0]}))
+    with pytest.raises(DataError, match="data_batch_3 is not a CIFAR-10 python batch"):
+        sources.cifar10(tmp_path)
+
+
+def test_bad_cifar10_root_is_one_line_from_the_cli(tmp_path):
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (base / name).write_bytes(b"garbage")
+    tiny = [a for a in TINY if not a.startswith("data")]
+    proc = sweeper(*tiny, "data=cifar10", f"data.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(proc, 2, "is not a CIFAR-10 python batch")
+    assert not (tmp_path / "run").exists()
+
+
+# ---- locks that never let go ---------------------------------------------------------------
+
+def _write_lock(run_dir: Path, text: str, age: float = 0.0) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK_FILE
+    path.write_text(text)
+    stamp = time.time() - age
+    os.utime(path, (stamp, stamp))
+
+
+def test_a_lock_of_another_host_is_honoured_while_fresh_and_taken_over_once_stale(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    _write_lock(run_dir, "node-17 4242 -\n")
+    with run_lock(run_dir) as held_by:
+        assert held_by == "locked by pid 4242 on node-17"
+    _write_lock(run_dir, "node-17 4242 -\n", age=EXPIRY_SECONDS + 5)
+    with run_lock(run_dir) as held_by:
+        assert held_by is None
+        assert (run_dir / LOCK_FILE).read_text().split()[:2] == [socket.gethostname(), str(os.getpid())]
+    assert "taking over the lock" in capsys.readouterr().out and not (run_dir / LOCK_FILE).exists()
+
+
+def test_a_reused_live_pid_does_not_hold_a_lock_forever(tmp_path):
+    run_dir = tmp_path / "run"  # our parent is alive, but nothing has refreshed this lock
+    _write_lock(run_dir, f"{socket.gethostname()} {os.getppid()} -\n", age=EXPIRY_SECONDS + 1)
+    with run_lock(run_dir) as held_by:
+        assert held_by is None
+
+
+def test_an_earlier_attempt_of_the_same_slurm_job_gives_way(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    _write_lock(run_dir, "node-3 999 5150_2\n")  # fresh, another host: a node lost mid-job
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "5150")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    with run_lock(run_dir) as held_by:
+        assert held_by is None
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")  # another task of the array: not the same job
+    _write_lock(run_dir, "node-3 999 5150_2\n")
+    with run_lock(run_dir) as held_by:
+        assert held_by and "5150_2" in held_by
+
+
+def test_the_holder_keeps_its_lock_fresh(tmp_path, monkeypatch):
+    from sweeper import lock
+
+    monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 0.05)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with run_lock(run_dir) as held_by:
+        assert held_by is None
+        old = time.time() - 100
+        os.utime(run_dir / LOCK_FILE, (old, old))
+        time.sleep(0.3)
+        assert time.time() - (run_dir / LOCK_FILE).stat().st_mtime < 5
+
+
+# ---- a sweep is not stopped by one bad job -------------------------------------------------
+
+def test_invalid_jobs_are_all_named_before_any_job_starts(tmp_path):
+    proc = sweeper(*TINY, "patch=8", "heads=4,7,6,9", f"hydra.sweep.dir={tmp_path / 'sweep'}", "-m")
+    one_line_error(proc, 2, "2 of 4 runs of this sweep are invalid, so none was started: "
+                   "[heads=7]: model.dim=120 is not allowed: a positive width divisible by heads=7; "
+                   "[heads=9]: model.dim=120")
+    assert run_dirs(tmp_path) == [] and "Epoch" not in proc.stdout
+
+
+def test_a_job_failing_at_run_time_does_not_stop_the_sweep(tmp_path):
+    tiny = [a for a in TINY if not a.startswith("data.n_train")]
+    proc = sweeper(*tiny, "data.n_train=60", "task=scratch", "model=vit", "data.b_fraction=0.01,0.5",
+                   f"hydra.sweep.dir={tmp_path}", "-m")
+    assert proc.returncode == 1, proc.stderr
+    assert "split B has 0 training image(s)" in proc.stderr
+    assert "failed (its error is above); the other runs of the sweep went on" in proc.stderr
+    (done,) = run_dirs(tmp_path)
+    assert "b_fraction-0.5" in done.name and summary(done)["status"] == "complete"
+
+
+# ---- wrong numbers in the report -----------------------------------------------------------
+
+def test_runs_without_config_or_with_torn_rows_are_skipped_not_tabled(tmp_path):
+    fake_run(tmp_path, "heads-4", [0.5, 0.6], heads=4)
+    fake_run(tmp_path, "heads-6", [0.5, 0.62], heads=6)
+    orphan = fake_run(tmp_path, "orphan", [0.9, 0.99], heads=8)
+    (orphan / ".hydra" / "config.yaml").unlink()
+    (orphan / ".hydra").rmdir()
+    torn = fake_run(tmp_path, "torn", [0.5, 0.95], heads=10)
+    with open(torn / "metrics.csv", "a") as f:
+        f.write("train,3,1.0,0.4")  # killed mid-write
+    garbage = fake_run(tmp_path, "garbage", [0.5, 0.97], heads=12)
+    text = (garbage / "metrics.csv").read_text().replace(",0.97,", ",oops,")
+    (garbage / "metrics.csv").write_text(text)
+    col = collect(tmp_path)
+    assert sorted(col.runs["run"]) == ["heads-4", "heads-6"]
+    assert col.settings == ["heads"]  # the orphan does not make every key look varying
+    assert sorted(col.runs["heads"].tolist()) == [4, 6]
+    (table,) = build_tables(col)
+    assert list(table.stats["label"]) == ["heads=6", "heads=4"]  # ints, not 6.0
+    problems = " ".join(col.problems)
+    assert "orphan: no .hydra/config.yaml" in problems
+    assert "torn: metrics.csv has a torn or non-numeric row (line 4)" in problems
+    assert "garbage: metrics.csv has a torn or non-numeric row (line 3)" in problems
+
+
+def test_unfinished_runs_show_progress_and_never_win(tmp_path):
+    fake_run(tmp_path, "patch-8", [0.4, 0.5, 0.5068], patch=8)
+    fake_run(tmp_path, "patch-16", [0.5, 0.6, 0.6354], status="running", patch=16)  # killed at 3/25
+    (summary_path := tmp_path / "patch-16" / "summary.json").write_text(
+        json.dumps({"status": "running", "task": "classify", "epochs_planned": 25}))
+    (table,) = build_tables(collect(tmp_path))
+    assert table.verdict == "One setting only: nothing to compare."
+    stats = table.stats.set_index("label")
+    assert pd.isna(stats.loc["patch=16", "final_test_acc_mean"])
+    assert stats.loc["patch=16", "statuses"] == "interrupted 3/25 epochs"
+    assert summary_path.exists()
+
+
+def test_a_damaged_summary_is_listed(tmp_path):
+    run = fake_run(tmp_path, "a", [0.5, 0.6])
+    (run / "summary.json").write_text("{not json")
+    col = collect(tmp_path)
+    assert col.runs.loc[0, "status"] == "damaged"
+    assert any("a: summary.json is damaged" in p for p in col.problems)
+
+
+def _execute_in_process(tmp_path, overrides):
+    from hydra import compose, initialize_config_dir
+
+    from sweeper.config import register_configs, validate
+    from sweeper.run import execute
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    return execute(validate(cfg), tmp_path / "run", cfg, overrides)
+
+
+def test_non_finite_evaluation_is_divergence_and_json_stays_valid(tmp_path, monkeypatch):
+    from sweeper.train import Trainer
+
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: (float("nan"), 0.1))
+    result = _execute_in_process(tmp_path, [*TINY, "epochs=2"])
+    assert result["status"] == "diverged" and result["detail"]["epoch"] == 1
+    stored = json.loads((tmp_path / "run" / "summary.json").read_text())  # strict JSON
+    assert stored["final_test_loss"] is None and stored["status"] == "diverged"
+    assert "NaN" not in (tmp_path / "run" / "summary.json").read_text()
+
+
+# ---- tracebacks that became one line -------------------------------------------------------
+
+def test_an_empty_split_is_one_line_and_leaves_nothing(tmp_path):
+    tiny = [a for a in TINY if not a.startswith("data.n_train")]
+    proc = sweeper(*tiny, "data.n_train=60", "task=scratch", "model=vit", "data.b_fraction=0.01",
+                   f"hydra.run.dir={tmp_path / 'run'}")
+    one_line_error(proc, 2, "split B has 0 training image(s), too few to train on")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_last_batch_of_one_image_is_folded_into_the_one_before(tmp_path):
+    assert batch_bounds(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert batch_bounds(9, 3) == [(0, 3), (3, 6), (6, 9)]
+    assert batch_bounds(1, 3) == [(0, 1)]
+    tiny = [a for a in TINY if not a.startswith(("data.n_", "model.", "batch_size"))]
+    ok(sweeper(*tiny, "task=scratch", "model=resnet18", "model.stem=imagenet", "data.n_train=50",
+               "data.n_test=10", "batch_size=3", f"hydra.run.dir={tmp_path / 'run'}"))
+    assert summary(tmp_path / "run")["status"] == "complete"  # B has 10 images: 3 + 3 + 4
+
+
+def test_an_unwritable_cache_is_a_warning_and_the_run_goes_on(tmp_path):
+    tree = make_tree(tmp_path / "tree")
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    tiny = [a for a in TINY if not a.startswith("data")]
+    proc = ok(sweeper(*tiny, "data=folder", f"data.root={tree}", f"data.cache_dir={blocker}/cache",
+                      f"hydra.run.dir={tmp_path / 'run'}"))
+    assert "warning: cannot write the image cache" in proc.stderr
+    assert summary(tmp_path / "run")["status"] == "complete"
+
+
+def test_an_unwritable_run_directory_is_one_line(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    one_line_error(sweeper(*TINY, f"hydra.run.dir={blocker}/run"), 1, "cannot write the output folder")
+    one_line_error(sweeper(*TINY, "patch=8,16", f"hydra.sweep.dir={blocker}/sweep", "-m"), 1,
+                   "cannot write the output folder")
+
+
+@pytest.mark.parametrize("override,message", [
+    (["+foo=1"], "foo is not a key of this config"),
+    (["seed=123456789012345678901234567890"], "seed=123456789012345678901234567890 is not allowed"),
+    (["seed=-1"], "seed=-1 is not allowed: zero or more"),
+    (["+model.patch=8"], "model.patch is not a key: the ViT's shape is set at the top level"),
+    (["task=scratch", "model=vit", "+task.pretrain_epochs=3"], "task.pretrain_epochs is not valid for task=scratch"),
+])
+def test_unknown_keys_and_out_of_range_integers_are_one_line(tmp_path, override, message):
+    one_line_error(sweeper(*TINY, *override, f"hydra.run.dir={tmp_path / 'run'}"), 2, message)
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_names_are_capped_readable_and_distinct():
+    long = [f"+cell{i}={'x' * 40}" for i in range(10)]
+    name = run_name(long)
+    assert len(name.encode()) <= MAX_NAME_BYTES and name.startswith("cell0-xxxx") and "~" in name
+    assert run_name(long[:-1] + ["+cell9=y"]) != name
+    assert run_name(["patch=8", "patch=16"]) == "patch-16" != run_name(["patch=16", "patch=8"])
+    assert run_name(["resume=false", "data.cache_dir=/tmp/c", "checkpoint_every=5"]) == "default"
+
+
+def test_bench_accuracy_bad_input_is_one_line(tmp_path):
+    def bench(*args):
+        return subprocess.run([sys.executable, "-m", "sweeper.bench", "accuracy", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    one_line_error(bench("--epochs", "0"), 2, "'0' is not allowed: a positive integer")
+    one_line_error(bench("--out", str(tmp_path), "patch=5", *TINY), 2, "patch=5 is not allowed")
+    one_line_error(bench("--out", str(tmp_path), "model=vitt"), 2, "model/vitt")
+
+
+# ---- misleading ----------------------------------------------------------------------------
+
+def test_decode_errors_name_the_file_and_the_member(tmp_path):
+    tree = make_tree(tmp_path / "tree")
+    (tree / "train" / "ant" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"train/ant/bad.png cannot be decoded: not an image"):
+        sources.folder(tree, tmp_path / "cache")
+    with tarfile.open(tmp_path / "t.tar.gz", "w:gz") as tar:
+        tar.add(tree, arcname="cifar")
+    with pytest.raises(DataError, match=r"t.tar.gz:cifar/train/ant/bad.png cannot be decoded"):
+        sources.folder(tmp_path / "t.tar.gz", tmp_path / "cache")
+
+
+def test_a_folder_and_its_tarball_give_the_same_order_whatever_the_member_order(tmp_path):
+    tree = make_tree(tmp_path / "tree", per_class=4)
+    write_png(torch.full((3, 32, 32), 7, dtype=torch.uint8), tree / "train" / "ant" / "10.png")
+    with tarfile.open(tmp_path / "t.tar.gz", "w:gz") as tar:  # members in reverse order
+        for path in sorted(tree.rglob("*.png"), reverse=True):
+            tar.add(path, arcname=f"cifar/{path.relative_to(tree)}")
+    a = sources.folder(tree, tmp_path / "cache")
+    b = sources.folder(tmp_path / "t.tar.gz", tmp_path / "cache")
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
+    assert torch.equal(a.x_test, b.x_test)
