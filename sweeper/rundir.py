@@ -16,6 +16,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterable
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.atomic import atomic_write_text
@@ -32,15 +33,17 @@ def _short_hash(text: str, n: int) -> str:
 
 
 def run_name(overrides: Iterable[str]) -> str:
-    """`patch=8 heads=4,6 ...` (one job's overrides) -> `heads-4+patch-8`, or `default`."""
+    """`patch=8 heads=4 ...` (one job's overrides) -> `heads-4+patch-8`, or `default`.
+    Overrides are read with Hydra's own grammar, so an escaped value (a sweep job's `my\\ data`)
+    names the same directory as the plain one."""
     last: dict[str, str] = {}
-    for item in overrides:
-        key, sep, value = str(item).partition("=")
-        key = key.lstrip("+")
-        if not sep or key.startswith("~") or key in NOT_RESULTS:
+    for override in OverridesParser.create().parse_overrides([str(o) for o in overrides]):
+        key = override.get_key_element().lstrip("+")
+        if override.is_delete() or key in NOT_RESULTS:
             continue
-        if key in PATH_KEYS and value not in ("", "null"):
-            path = Path(value).expanduser()
+        value = override.get_value_element_as_str()
+        if key in PATH_KEYS and override.value() is not None:
+            path = Path(str(override.value())).expanduser()
             value = f"{path.name}-{_short_hash(str(path.resolve()), 6)}"
         last.pop(key, None)
         last[key] = value

@@ -329,8 +329,10 @@ def compile_model(model: nn.Module) -> nn.Module:
     worker) would otherwise pile up graphs until dynamo's recompile limit, then silently fall
     back to eager. Shapes per run: full and last batch, train and eval."""
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
+    counters.clear()  # so compiled_graphs() counts this run's graphs only
     return torch.compile(model)
 
 

@@ -34,10 +34,10 @@ def uninterrupted(tmp_path_factory) -> list[list[str]]:
     return scores(run_dir)
 
 
-def start_and_signal(run_dir: Path, sig: int) -> subprocess.Popen:
+def start_and_signal(run_dir: Path, sig: int, extra: tuple = ()) -> subprocess.Popen:
     """Start a slow run and send it `sig` once its first checkpoint is on disk (a checkpoint
     is renamed into place whole, so existing means complete)."""
-    proc = subprocess.Popen([sys.executable, "-m", "sweeper", *SLOW, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.Popen([sys.executable, "-m", "sweeper", *SLOW, *extra, f"hydra.run.dir={run_dir}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not (run_dir / "checkpoint.pt").exists():
