@@ -125,9 +125,10 @@ def planned_epochs(config: dict[str, Any], summary: dict[str, Any]) -> Any:
     task = config.get("task.name")
     if task == "classify":
         return config.get("epochs")
-    if task == "rotation_pretrain":
-        return config.get("task.pretrain_epochs", 0) + config.get("task.finetune_epochs", 0)
-    return config.get("task.finetune_epochs")
+    if task in ("rotation_pretrain", "rotation_probe"):  # older runs: budgets under task.
+        pretext = config.get("pretrain_epochs", config.get("task.pretrain_epochs", 0))
+        return pretext + config.get("task.finetune_epochs", config.get("epochs", 0))
+    return config.get("task.finetune_epochs", config.get("epochs"))
 
 
 def collect(root: Path) -> Collection:

@@ -8,9 +8,9 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import ConfigError, register_configs, validate
+from sweeper.config import ConfigError, register_configs, unused_keys, unused_message, validate
 from sweeper.records import fail
-from sweeper.rundir import run_name
+from sweeper.rundir import override_keys, run_name
 
 register_configs()
 OmegaConf.register_new_resolver("run_name", lambda overrides: run_name(overrides or []))
@@ -25,13 +25,16 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        overrides = list(hydra_cfg.overrides.task)
         try:
             settings = validate(cfg)
         except ConfigError as err:
             fail(str(err), run_dir)
+        unused = unused_keys(settings, override_keys(overrides))
+        if unused and hydra_cfg.mode == RunMode.RUN:  # a sweep's keys are checked by preflight
+            fail(unused_message(settings, unused[0]), run_dir)
         from sweeper.run import run  # torch loads only once the config is known to be valid
 
-        overrides = list(hydra_cfg.overrides.task)
         return run(settings, run_dir, cfg, overrides, hydra_cfg.launcher.get("n_jobs"))
     except SystemExit as exit_:
         if exit_.code and hydra_cfg.mode == RunMode.MULTIRUN:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -44,8 +44,9 @@ class ResNetConfig:
     stem: str = "cifar"  # cifar (3x3 stride-1 conv, no max-pool) | imagenet (torchvision's own)
 
 
-# Every task trains its reported (10-way) phase for the top-level `epochs`; only the rotation
-# tasks have a second budget, the pretext's.
+# Every task trains its reported (10-way) phase for the top-level `epochs`; the rotation tasks
+# also train the pretext for the top-level `pretrain_epochs` (top-level, so one sweep over tasks
+# can set it: Hydra composes a sweep's base config with the default task).
 @dataclass
 class ClassifyTask:
     name: str = "classify"
@@ -54,7 +55,6 @@ class ClassifyTask:
 @dataclass
 class RotationTask:
     name: str = "rotation_pretrain"  # rotation_probe when the encoder is frozen on B
-    pretrain_epochs: int = 50
     freeze_encoder: bool = False
 
 
@@ -112,6 +112,7 @@ class Config:
     overlap: str = "none"
     cls_layer: Any = "first"
     epochs: int = 25
+    pretrain_epochs: int = 50
     batch_size: int = 256
     eval_batch_size: int = 1000
     lr: float = 5e-4
@@ -134,6 +135,7 @@ class Settings:
     task: TaskConfig
     data: DataConfig
     epochs: int
+    pretrain_epochs: int
     batch_size: int
     eval_batch_size: int
     lr: float
@@ -260,12 +262,10 @@ def validate(cfg: DictConfig) -> Settings:
     elif model.stem not in ("cifar", "imagenet"):
         raise _allowed("model.stem", model.stem, "cifar or imagenet")
 
-    for key in ("epochs", "batch_size", "eval_batch_size"):
+    for key in ("epochs", "pretrain_epochs", "batch_size", "eval_batch_size"):
         if plain[key] <= 0:
             raise _allowed(key, plain[key], "a positive integer")
     if isinstance(task, RotationTask):
-        if task.pretrain_epochs <= 0:
-            raise _allowed("task.pretrain_epochs", task.pretrain_epochs, "a positive integer")
         task.name = "rotation_probe" if task.freeze_encoder else "rotation_pretrain"
     for key in ("seed", "checkpoint_every"):
         if plain[key] < 0:
@@ -301,6 +301,22 @@ def validate(cfg: DictConfig) -> Settings:
 
     top = {k: v for k, v in plain.items() if k not in _SCHEMAS and k not in VIT_SHAPE}
     return Settings(model=model, task=task, data=data, **top)
+
+
+def unused_keys(s: Settings, keys: Iterable[str]) -> list[str]:
+    """Of the keys a command sets, those this run ignores: the ViT's shape with another model,
+    the pretext's budget with a task that has no pretext."""
+    ignored = set()
+    if not isinstance(s.model, ViTConfig):
+        ignored.update(VIT_SHAPE)
+    if not isinstance(s.task, RotationTask):
+        ignored.add("pretrain_epochs")
+    return [k for k in keys if k in ignored]
+
+
+def unused_message(s: Settings, key: str) -> str:
+    return (f"{key} is not used by model={s.model.name} task={s.task.name}: drop it (it would "
+            f"change the run's name and config, not what it trains)")
 
 
 def _validate_folder_root(root: Optional[str]) -> None:

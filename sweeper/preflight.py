@@ -13,9 +13,12 @@ from typing import Any
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
-from sweeper.config import ConfigError, validate
+from sweeper.config import ConfigError, unused_keys, validate
+from sweeper.rundir import override_keys
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -48,21 +51,27 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     return [list(job) for batch in batches for job in batch]
 
 
-def invalid_jobs(config: DictConfig, jobs: list[list[str]]) -> list[str]:
-    """'[overrides]: reason' for every job whose config does not validate; a job is named by
-    the overrides that set it apart from the others."""
+def invalid_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[list[str], list[str]]:
+    """'[overrides]: reason' for every job whose config does not validate, a job named by the
+    overrides that set it apart from the others; then any key the command sets that no job
+    uses (a key used by some jobs of a sweep, like pretrain_epochs across tasks, is fine)."""
     loader = GlobalHydra.instance().config_loader()
     shared = set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
-    bad = []
+    bad, unused, last = [], None, None
     for job in jobs:
-        job_cfg = loader.load_sweep_config(master_config=config, sweep_overrides=job)
-        with read_write(job_cfg), open_dict(job_cfg):
-            del job_cfg["hydra"]
         try:
-            validate(job_cfg)
+            job_cfg = loader.load_sweep_config(master_config=config, sweep_overrides=job)
+            with read_write(job_cfg), open_dict(job_cfg):
+                del job_cfg["hydra"]
+            last = validate(job_cfg)
+            mine = set(unused_keys(last, override_keys(job)))
+            unused = mine if unused is None else unused & mine
+        except (HydraException, OmegaConfBaseException) as err:  # the job does not compose
+            reason = " ".join(str(err).split("\n")[:3:2]).strip()
+            bad.append(f"[{' '.join(o for o in job if o not in shared)}]: {reason}")
         except ConfigError as err:
             bad.append(f"[{' '.join(o for o in job if o not in shared)}]: {err}")
-    return bad
+    return bad, sorted(unused or [])
 
 
 class Preflight(Callback):
@@ -74,7 +83,10 @@ class Preflight(Callback):
         if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
             return  # another sweeper picks its jobs as it goes: each job validates itself
         jobs = sweep_jobs(config)
-        bad = invalid_jobs(config, jobs)
+        bad, unused = invalid_jobs(config, jobs)
         if bad:
             _exit(f"{len(bad)} of {len(jobs)} runs of this sweep are invalid, so none was started: "
                   + "; ".join(bad), 2)
+        if unused:
+            _exit(f"no run of this sweep uses {unused[0]}: drop it (it would change the runs' "
+                  f"names and configs, not what they train)", 2)

@@ -32,6 +32,12 @@ def _short_hash(text: str, n: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
+def override_keys(overrides: Iterable[str]) -> list[str]:
+    """The keys a list of overrides sets (`+x=1` sets x), in order."""
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    return [o.get_key_element().lstrip("+") for o in parsed if not o.is_delete()]
+
+
 def run_name(overrides: Iterable[str]) -> str:
     """`patch=8 heads=4 ...` (one job's overrides) -> `heads-4+patch-8`, or `default`.
     Overrides are read with Hydra's own grammar, so an escaped value (a sweep job's `my\\ data`)

@@ -63,7 +63,7 @@ def test_resnet18_both_stems_and_every_task(tmp_path, tiny):
         "data.n_train=30", "data.n_test=10"]  # ResNet-18 is slow on a CPU: fewer images
     per_task = {
         "classify": [],
-        "rotation_pretrain": ["task.pretrain_epochs=1"],
+        "rotation_pretrain": ["pretrain_epochs=1"],
         "scratch": [],
     }
     for task, extra in per_task.items():  # one sweep per task: their keys differ

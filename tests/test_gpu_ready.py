@@ -113,7 +113,7 @@ def test_epochs_means_the_reported_phase_for_every_task(tmp_path):
     tiny = [a for a in TINY if not a.startswith("epochs")]
     ok(sweeper(*tiny, "model=vit", "task=scratch", "epochs=2", f"hydra.run.dir={tmp_path / 's'}"))
     assert summary(tmp_path / "s")["phases"]["train"]["epochs_done"] == 2
-    ok(sweeper(*tiny, "model=vit", "task=rotation_probe", "epochs=2", "task.pretrain_epochs=1",
+    ok(sweeper(*tiny, "model=vit", "task=rotation_probe", "epochs=2", "pretrain_epochs=1",
                f"hydra.run.dir={tmp_path / 'p'}"))
     s = summary(tmp_path / "p")
     assert s["task"] == "rotation_probe" and s["epochs_planned"] == 3

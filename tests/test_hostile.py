@@ -239,7 +239,7 @@ def _execute_in_process(tmp_path, overrides):
 def test_non_finite_evaluation_is_divergence_and_json_stays_valid(tmp_path, monkeypatch):
     from sweeper.train import Trainer
 
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: (float("nan"), 0.1))
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: (float("nan"), 0.1, torch.zeros(10, 10, dtype=torch.long)))
     result = _execute_in_process(tmp_path, [*TINY, "epochs=2"])
     assert result["status"] == "diverged" and result["detail"]["epoch"] == 1
     stored = json.loads((tmp_path / "run" / "summary.json").read_text())  # strict JSON
@@ -291,7 +291,9 @@ def test_an_unwritable_run_directory_is_one_line(tmp_path):
     (["seed=123456789012345678901234567890"], "seed=123456789012345678901234567890 is not allowed"),
     (["seed=-1"], "seed=-1 is not allowed: zero or more"),
     (["+model.patch=8"], "model.patch is not a key: the ViT's shape is set at the top level"),
-    (["task=scratch", "model=vit", "+task.pretrain_epochs=3"], "task.pretrain_epochs is not valid for task=scratch"),
+    (["task=scratch", "model=vit", "+task.freeze_encoder=true"], "task.freeze_encoder is not valid for task=scratch"),
+    (["task=scratch", "model=vit", "pretrain_epochs=3"], "pretrain_epochs is not used by model=vit task=scratch"),
+    (["model=resnet18", "patch=8"], "patch is not used by model=resnet18 task=classify"),
 ])
 def test_unknown_keys_and_out_of_range_integers_are_one_line(tmp_path, override, message):
     one_line_error(sweeper(*TINY, *override, f"hydra.run.dir={tmp_path / 'run'}"), 2, message)

@@ -17,7 +17,7 @@ from sweeper.tasks.rotation import ENCODER_FILE, Rotated, rotate4, save_encoder
 def settings(task, **data) -> Settings:
     return Settings(
         model=ViTConfig(dim=24, depth=1, heads=4, patch=8), task=task,
-        data=SyntheticData(n_train=100, n_test=20, **data), epochs=1, batch_size=16,
+        data=SyntheticData(n_train=100, n_test=20, **data), epochs=1, pretrain_epochs=1, batch_size=16,
         eval_batch_size=50, lr=1e-3, weight_decay=0.05, warmup_epochs=0, label_smoothing=0.0,
         seed=0, device="cpu", precision="fp32", compile=False, resume=True, checkpoint_every=0,
     )
@@ -36,7 +36,7 @@ def test_split_is_stratified_disjoint_and_deterministic():
 
 
 def test_pretraining_is_fed_no_labels():
-    s = settings(RotationTask(pretrain_epochs=1))
+    s = settings(RotationTask())
     images = sources.synthetic(100, 20)
     pretrain, finetune = build_phases(s, images)
     assert isinstance(pretrain.train, Rotated)
@@ -75,7 +75,7 @@ def test_finetuning_starts_from_the_pretrained_encoder(tmp_path):
 def run_pipeline(tmp_path: Path, *extra: str) -> Path:
     run_dir = tmp_path / "run"
     tiny = [a for a in TINY if not a.startswith("epochs")]
-    ok(sweeper("task=rotation_pretrain", "model=vit", *tiny, "task.pretrain_epochs=2",
+    ok(sweeper("task=rotation_pretrain", "model=vit", *tiny, "pretrain_epochs=2",
                "epochs=2", *extra, f"hydra.run.dir={run_dir}"))
     return run_dir
 

@@ -70,7 +70,7 @@ def pretrain_then_finetune(s: Settings, images: ImageSet) -> list[Phase]:
         model=Classifier(encoder, ROTATIONS),
         train=Rotated(Batches(images.x_train[a], None, per_batch, s.seed, "pretrain")),  # no labels
         test=Rotated(Batches(images.x_test, None, max(1, s.eval_batch_size // ROTATIONS))),
-        epochs=task.pretrain_epochs,
+        epochs=s.pretrain_epochs,
         on_end=lambda run_dir: save_encoder(encoder, s, run_dir / ENCODER_FILE),
     )
     finetune = _on_b(s, images, b, encoder, "finetune", task.freeze_encoder)
