@@ -13,11 +13,12 @@ import html
 import os
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis import plots
-from analysis.collect import collect
-from analysis.tables import build_tables, markdown, write_runs_csv
+from analysis import insight, plots
+from analysis.collect import Collection, collect
+from analysis.tables import Table, build_tables, markdown, write_runs_csv
 
 REFERENCES = ("seed",)  # the assignment report's numbers, shipped in sweeper/reference/
 MANIFEST = ".report-files"  # what the last report wrote here: the only files it may replace
@@ -80,46 +81,94 @@ def _install(staging: Path, out: Path, ours: set[str]) -> None:
     os.replace(tmp, out / MANIFEST)
 
 
-def _write(root: Path, col, tables, staging: Path, reference: str | None) -> None:
+@dataclass
+class Section:
+    title: str
+    text: str
+    tables: list[tuple[str, str]] = field(default_factory=list)  # (caption, markdown table)
+    images: list[tuple[str, str]] = field(default_factory=list)  # (png name, caption)
+
+
+def _section(table: Table, col: Collection, root: Path, staging: Path,
+             reference: str | None) -> Section:
+    name = plots.slug(table.title)
+    section = Section(table.title, table.verdict, [("", markdown(table))])
+    section.images += [
+        (plots.curves(table, col.epochs, staging / f"{name}_curves.png",
+                      col.configs if reference else None).name, ""),
+        (plots.final_bars(table, staging / f"{name}_final.png").name, ""),
+    ]
+    per_class = insight.per_class_markdown(table, root)
+    if per_class:
+        section.tables.append(("Test accuracy per class (%), mean ± std over complete runs:", per_class))
+    best = next(iter(insight.complete_runs(table).items()), None)
+    if best is not None:
+        made = insight.confusion_figure(f"{best[0]}: confusion", best[1], root,
+                                        staging / f"{name}_confusion.png")
+        if made:
+            section.images.append((made.name, insight.CAPTIONS["confusion"]))
+    rotation = [r for r in table.runs[table.runs["status"] == "complete"]["run"]
+                if (root / r / "rotation_confusion.csv").exists()]
+    if rotation:
+        made = insight.confusion_figure("rotation pretext: confusion", rotation, root,
+                                        staging / f"{name}_rotation_confusion.png",
+                                        "rotation_confusion.csv")
+        section.images.append((made.name, insight.CAPTIONS["rotation"]))
+    for kind, draw in (("attention", insight.attention_figure), ("distance", insight.distance_figure),
+                       ("position", insight.position_figure)):
+        made = draw(table, root, staging / f"{name}_{kind}.png")
+        if made:
+            section.images.append((made.name, insight.CAPTIONS[kind]))
+    return section
+
+
+def _write(root: Path, col: Collection, tables: list[Table], staging: Path,
+           reference: str | None) -> None:
     write_runs_csv(col, staging / "runs.csv")
     col.epochs.to_csv(staging / "epochs.csv", index=False)
-
-    md = [f"# Report: {root}", "",
-          f"{len(col.runs)} runs; statuses: " + ", ".join(
-              f"{s} {n}" for s, n in col.runs["status"].value_counts().items()), ""]
-    if reference is not None:
-        md += ["Reference: the assignment report's own numbers (dashed lines, `report` columns), "
-               "from `sweeper/reference/seed_results.csv`.", ""]
-    figures: list[tuple[str, list[str]]] = []
-    for table in tables:
-        name = plots.slug(table.title)
-        pngs = [plots.curves(table, col.epochs, staging / f"{name}_curves.png",
-                             col.configs if reference else None).name,
-                plots.final_bars(table, staging / f"{name}_final.png").name]
-        md += [f"## {table.title}", "", table.verdict, "", markdown(table), ""]
-        md += [f"![{table.title}]({png})" for png in pngs] + [""]
-        figures.append((table.title, pngs))
+    sections = [_section(table, col, root, staging, reference) for table in tables]
     times = plots.run_times(col.runs, staging / "run_times.png").name
-    md += ["## Time per run", "", f"![Time per run]({times})", ""]
+    sections.append(Section("Time per run", "", images=[(times, "")]))
     if col.problems:
-        md += ["## Skipped", ""] + [f"- {p}" for p in col.problems] + [""]
+        sections.append(Section("Skipped", "\n".join(f"- {p}" for p in col.problems)))
+
+    intro = (f"{len(col.runs)} runs; statuses: "
+             + ", ".join(f"{s} {n}" for s, n in col.runs["status"].value_counts().items()))
+    if reference is not None:
+        intro += ("\n\nReference: the assignment report's own numbers (dashed lines, `report` "
+                  "columns), from `sweeper/reference/seed_results.csv`.")
+    md = [f"# Report: {root}", "", intro, ""]
+    for sec in sections:
+        md += [f"## {sec.title}", ""] + ([sec.text, ""] if sec.text else [])
+        for caption, table_md in sec.tables:
+            md += ([caption, ""] if caption else []) + [table_md, ""]
+        for png, caption in sec.images:
+            md += [f"![{sec.title}]({png})", ""] + ([caption, ""] if caption else [])
     (staging / "report.md").write_text("\n".join(md))
-    (staging / "index.html").write_text(_html(root, tables, figures, times, col.problems))
+    (staging / "index.html").write_text(_html(root, intro, sections))
 
 
-def _html(root: Path, tables, figures, times: str, problems: list[str]) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Report: {html.escape(str(root))}</title>",
+def _html(root: Path, intro: str, sections: list[Section]) -> str:
+    title = html.escape(str(root))
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Report: {title}</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
              "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}</style>",
-             f"</head><body><h1>Report: {html.escape(str(root))}</h1>"]
-    for table, (_, pngs) in zip(tables, figures):
-        parts.append(f"<h2>{html.escape(table.title)}</h2><p>{html.escape(table.verdict)}</p>")
-        parts.append(_md_table_to_html(markdown(table)))
-        parts += [f"<img src='{png}' alt='{html.escape(table.title)}'>" for png in pngs]
-    parts.append(f"<h2>Time per run</h2><img src='{times}' alt='time per run'>")
-    if problems:
-        parts.append("<h2>Skipped</h2><ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>")
+             f"</head><body><h1>Report: {title}</h1>"]
+    parts += [f"<p>{html.escape(p)}</p>" for p in intro.split("\n\n")]
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+        if sec.text.startswith("- "):
+            parts.append("<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>"
+                                          for line in sec.text.splitlines()) + "</ul>")
+        elif sec.text:
+            parts.append(f"<p>{html.escape(sec.text)}</p>")
+        for caption, table_md in sec.tables:
+            parts += ([f"<p>{html.escape(caption)}</p>"] if caption else []) + [_md_table_to_html(table_md)]
+        for png, caption in sec.images:
+            parts.append(f"<figure><img src='{png}' alt='{html.escape(sec.title)}'>"
+                         + (f"<figcaption>{html.escape(caption)}</figcaption>" if caption else "")
+                         + "</figure>")
     return "\n".join(parts) + "</body></html>\n"
 
 

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import DictConfig
 
-from sweeper import records
+from sweeper import insight, records
 from sweeper.config import ConfigError, Settings
 from sweeper.data import sources
 from sweeper.lock import LOCK_FILE, run_lock
@@ -127,6 +127,8 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
               f"batch_size={s.batch_size} with hydra.launcher.n_jobs={n_jobs or 1} run(s) per "
               f"device: rerun with a smaller batch_size (or fewer n_jobs); this run is recorded "
               f"as oom and the rest of the sweep goes on", file=sys.stderr, flush=True)
+    if outcome.status == "complete":
+        insight.write(run_dir, phases[-1].model.encoder, on_device, trainer.confusions)
     if s.compile:
         base["compiled_graphs"] = compiled_graphs()  # 0: it ran eager after all
     base["history"] = trainer.history

@@ -175,12 +175,14 @@ class Trainer:
         self.autocast = autocast_for(device, s.precision)
         self.last_save = time.monotonic()
         self.history: list[dict[str, Any]] = []  # where each stretch of the run ran
+        self.confusions: dict[str, torch.Tensor] = {}  # phase -> its last evaluation's confusion
 
     def fit(self, phases: list[Phase]) -> Outcome:
         """Run the phases in order, resuming from the run dir's checkpoint if there is one."""
         state = checkpoint.load(self.run_dir / CHECKPOINT_FILE, CHECKPOINT_VERSION)
         at = Position(**state["position"]) if state else Position()
         self.history = list(state.get("history", [])) if state else []
+        self.confusions = dict(state.get("confusions", {})) if state else {}
         self._trim_rows(at, [p.name for p in phases])
         with Preemption.watch():
             for index in range(at.phase, len(phases)):
@@ -242,7 +244,9 @@ class Trainer:
                 self._save(stopped, model, optimizer)
                 return Outcome("preempted", {"phase": phase.name, "epoch": epoch + 1,
                                              "step": stopped.step, "signal": Preemption.signum})
-            row["test_loss"], row["test_acc"] = self.evaluate(step_model, phase.test, channels_last)
+            row["test_loss"], row["test_acc"], confusion = self.evaluate(step_model, phase.test,
+                                                                         channels_last)
+            self.confusions[phase.name] = confusion
             row["phase"] = phase.name
             records.append_row(self.run_dir, row)
             self.log(row)
@@ -295,21 +299,26 @@ class Trainer:
         return row, int(bad_step.item()), None
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Any, channels_last: bool = False) -> tuple[float, float]:
-        """Mean cross-entropy (no smoothing) and accuracy over every test image."""
+    def evaluate(self, model: nn.Module, batches: Any,
+                 channels_last: bool = False) -> tuple[float, float, torch.Tensor]:
+        """Mean cross-entropy (no smoothing), accuracy, and the confusion matrix (rows: true
+        class, columns: predicted; counted on the device) over every test image."""
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
+        counts: Optional[torch.Tensor] = None
         seen = 0
         for x, y in batches:
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast:
                 logits = model(x).float()
+            classes = logits.shape[1]
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
+            pairs = torch.bincount(y * classes + logits.argmax(1), minlength=classes * classes)
+            counts = pairs if counts is None else counts + pairs
             seen += len(y)
-        return loss_sum.item() / seen, correct.item() / seen
+        confusion = counts.view(classes, classes).cpu()
+        return loss_sum.item() / seen, confusion.diagonal().sum().item() / seen, confusion
 
     def _save(self, at: Position, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         checkpoint.atomic_save({
@@ -320,6 +329,7 @@ class Trainer:
             "device": self.device.type,
             "precision": self.precision,
             "history": self.history,
+            "confusions": self.confusions,
         }, self.run_dir / CHECKPOINT_FILE)
         self.last_save = time.monotonic()
 

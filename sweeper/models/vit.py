@@ -46,11 +46,19 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, t, d = x.shape
+        return self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
-        q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = F.scaled_dot_product_attention(*self._qkv(x))
         return self.out(y.transpose(1, 2).reshape(n, t, d))
+
+    def weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, heads, T, T): softmax(q k^T / sqrt(d_head)), what `forward` attends with."""
+        q, k, _ = self._qkv(x)
+        return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
 
 
 class Block(nn.Module):
@@ -92,6 +100,19 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    @torch.no_grad()
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's attention weights (N, heads, T, T) on the way through `features`; in
+        blocks from `cls_block` on, token 0 is the CLS token."""
+        maps = []
+        z = self.embed(x)
+        for i, block in enumerate(self.blocks):
+            if i == self.cls_block:
+                z = torch.cat([self.cls.expand(len(z), -1, -1), z], dim=1)
+            maps.append(block.attn.weights(block.norm1(z)))
+            z = block(z)
+        return maps
 
 
 def _init(m: nn.Module) -> None:

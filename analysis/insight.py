@@ -1,0 +1,203 @@
+"""The report's "why": per-class accuracy, confusion, and for ViTs attention maps, attention
+distance and position-embedding similarity, read from the files a run writes when it completes
+(sweeper/insight.py documents them). Runs without those files are left out of these figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.tables import Table  # noqa: E402
+
+
+def complete_runs(table: Table) -> dict[str, list[str]]:
+    """Setting label -> its complete runs, in the table's order (best first)."""
+    runs = table.runs[table.runs["status"] == "complete"]
+    return {name: list(runs[runs["label"] == name]["run"]) for name in table.stats["label"]
+            if (runs["label"] == name).any()}
+
+
+def _read_csv(path: Path) -> Optional[pd.DataFrame]:
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+
+
+def _read_json(path: Path) -> Optional[dict[str, Any]]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def per_class_markdown(table: Table, root: Path) -> Optional[str]:
+    """Classes in rows, settings in columns: test accuracy, mean ± std over complete runs."""
+    columns = {}
+    for name, runs in complete_runs(table).items():
+        frames = [f for f in (_read_csv(root / r / "per_class.csv") for r in runs) if f is not None]
+        if frames:
+            acc = pd.concat([f.set_index("class")["accuracy"] for f in frames], axis=1)
+            columns[name] = (acc.mean(axis=1), acc.std(axis=1), acc.shape[1])
+    if not columns:
+        return None
+    classes = next(iter(columns.values()))[0].index
+    head = ["class", *columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in classes:
+        cells = []
+        for mean, std, n in columns.values():
+            m, s = mean.get(c, math.nan), std.get(c, math.nan)
+            text = "—" if math.isnan(m) else f"{100 * m:.1f}" + ("" if math.isnan(s) else f" ± {100 * s:.1f}")
+            cells.append(text + (f" (n={n})" if n > 1 else ""))
+        lines.append("| " + " | ".join([str(c), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def _confusion(paths: list[Path]) -> Optional[pd.DataFrame]:
+    frames = [f for f in (_read_csv(p) for p in paths) if f is not None]
+    if not frames:
+        return None
+    total = sum(f.set_index(f.columns[0]) for f in frames)
+    return total
+
+
+def confusion_figure(title: str, runs: list[str], root: Path, path: Path,
+                     file: str = "confusion.csv") -> Optional[Path]:
+    """Row-normalised confusion (counts summed over the runs' seeds) as a heat map."""
+    matrix = _confusion([root / r / file for r in runs])
+    if matrix is None:
+        return None
+    rates = matrix.div(matrix.sum(axis=1).replace(0, 1), axis=0).to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(matrix), 0.8 + 0.5 * len(matrix)))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), v in np.ndenumerate(rates):
+        ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
+                color="white" if v > 0.6 else "black")
+    ax.set_xticks(range(len(matrix)), matrix.columns, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(matrix)), matrix.index, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.grid(False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _insights(table: Table, root: Path) -> dict[str, dict[str, Any]]:
+    """Setting label -> insight.json of its first complete run that has one."""
+    found = {}
+    for name, runs in complete_runs(table).items():
+        for run in runs:
+            data = _read_json(root / run / "insight.json")
+            if data is not None:
+                found[name] = data
+                break
+    return found
+
+
+def attention_figure(table: Table, root: Path, path: Path) -> Optional[Path]:
+    """Fixed test images in rows, settings in columns: the CLS token's attention in the last
+    block, averaged over heads, over the image."""
+    found = _insights(table, root)
+    if not found:
+        return None
+    first = next(iter(found.values()))
+    n_images = len(first["images"])
+    fig, axes = plt.subplots(n_images, len(found), figsize=(max(5.0, 1.6 * len(found) + 1),
+                                                            1.6 * n_images), squeeze=False)
+    for col, (name, data) in enumerate(found.items()):
+        last = data["cls_attention"][-1]
+        for row in range(n_images):
+            ax = axes[row][col]
+            ax.imshow(np.array(data["pixels"][row], dtype=np.uint8).transpose(1, 2, 0))
+            if last is not None:
+                side, patch, stride = data["grid"], data["patch"], data["stride"]
+                grid = np.mean([head[row] for head in last], axis=0).reshape(side, side)
+                lo = (patch - 1) / 2 - stride / 2
+                hi = lo + side * stride
+                ax.imshow(grid, cmap="inferno", alpha=0.55, extent=(lo, hi, hi, lo),
+                          interpolation="bilinear")
+            elif row == 0:
+                ax.text(16, 16, "no CLS\nattention", ha="center", va="center", color="white",
+                        fontsize=8, bbox={"facecolor": "black", "alpha": 0.6})
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlim(-0.5, 31.5)
+            ax.set_ylim(31.5, -0.5)
+            if row == 0:
+                ax.set_title(name, fontsize=7)
+            if col == 0:
+                ax.set_ylabel(data["classes"][data["labels"][row]], fontsize=8)
+    fig.suptitle(f"{table.title}:\nCLS attention, last block, heads averaged", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def distance_figure(table: Table, root: Path, path: Path) -> Optional[Path]:
+    """Mean attention distance per block, a point per head, a panel per setting."""
+    found = _insights(table, root)
+    if not found:
+        return None
+    fig, axes = plt.subplots(1, len(found), figsize=(2.6 * len(found) + 1, 3.2), squeeze=False,
+                             sharey=True)
+    for ax, (name, data) in zip(axes[0], found.items()):
+        for block, heads in enumerate(data["attention_distance"]):
+            ax.scatter([block] * len(heads), heads, s=14, alpha=0.8)
+        ax.axvline(data["cls_block"] - 0.5, color="grey", lw=0.8, ls=":")
+        ax.set(title=name, xlabel="block")
+        ax.title.set_fontsize(8)
+    axes[0][0].set_ylabel("mean attention distance (pixels)")
+    fig.suptitle(f"{table.title}: attention distance (dotted: where the CLS token joins)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def position_figure(table: Table, root: Path, path: Path) -> Optional[Path]:
+    """Per setting, a mosaic: tile (i, j) is the cosine similarity of patch (i, j)'s position
+    embedding with every other patch's."""
+    found = _insights(table, root)
+    if not found:
+        return None
+    fig, axes = plt.subplots(1, len(found), figsize=(2.8 * len(found) + 1, 3.2), squeeze=False)
+    for ax, (name, data) in zip(axes[0], found.items()):
+        side = data["grid"]
+        sim = np.array(data["position_similarity"]).reshape(side, side, side, side)
+        gap = np.full((side, side, side, 1), np.nan)
+        tiles = np.concatenate([sim, gap], axis=3).transpose(0, 2, 1, 3).reshape(side * side, side * (side + 1))
+        ax.imshow(tiles, cmap="viridis", vmin=-1, vmax=1)
+        ax.set(title=name, xticks=[], yticks=[])
+        ax.title.set_fontsize(8)
+        ax.grid(False)
+    fig.suptitle(f"{table.title}: position-embedding similarity", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+CAPTIONS = {
+    "attention": "Where the CLS token looks: its attention to each patch in the last block, "
+                 "averaged over heads, drawn over the same test images for every setting.",
+    "distance": "How far each head looks: the mean distance between a patch and the patches it "
+                "attends to, per block (a point per head); small means local, large global.",
+    "position": "What the position embeddings learned: tile (i, j) shows how similar patch (i, j)'s "
+                "embedding is to every other patch's; a 2-D grid structure means positions were learned.",
+    "confusion": "Which classes are mistaken for which, for the best setting (rows: true class, "
+                 "percent of its test images).",
+    "rotation": "The pretext task: which rotations are mistaken for which on the rotated test set.",
+}
