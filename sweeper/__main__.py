@@ -37,7 +37,8 @@ def main(cfg: DictConfig) -> float:
 
         return run(settings, run_dir, cfg, overrides, hydra_cfg.launcher.get("n_jobs"))
     except SystemExit as exit_:
-        if exit_.code and hydra_cfg.mode == RunMode.MULTIRUN:
+        # 1 and 2 are this run's own failures; other codes (submitit's exit after a requeue) pass
+        if exit_.code in (1, 2) and hydra_cfg.mode == RunMode.MULTIRUN:
             raise RunFailed(f"error: run {run_dir} failed (its error is above); "
                             f"the other runs of the sweep went on") from None
         raise

@@ -35,7 +35,14 @@ def run(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
     the device runs out of memory."""
     summary = execute(s, run_dir, cfg, overrides, n_jobs=n_jobs)
     if summary.get("status") == "preempted":
-        Preemption.hand_off()  # under submitit: its handler requeues the job and exits
+        try:
+            Preemption.hand_off()  # under submitit: its handler requeues the job and exits
+        except Exception as err:  # it would not requeue (submitit: timed out too many times)
+            summary.update(status="timeout", detail={**summary.get("detail", {}), "reason": str(err)})
+            records.write_summary(run_dir, summary)
+            print(f"error: {run_dir} stopped at its time limit and was not requeued ({err}); "
+                  f"rerun the same command to resume it", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         print("pre-empted: rerun the same command to resume", flush=True)
         raise SystemExit(0)  # stop the whole sweep here: the signal was meant for this process
     if summary.get("status") == "oom":

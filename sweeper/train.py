@@ -34,19 +34,22 @@ class Outcome:
 
 
 class Preemption:
-    """A stop signal sets `signum`; the loop stops after the current step, checkpoints, and the
-    signal is then handed to the handler that was there before (submitit's requeues the job)."""
+    """A stop signal sets `signum`; the loop stops after the current step and checkpoints; the
+    signals caught are then handed, in order, to the handlers that were there before (under
+    submitit: SIGTERM to its bypass, SIGUSR2 to its checkpoint-and-requeue)."""
 
     signum: Optional[int] = None
+    caught: list[int] = []
     previous: dict[int, Any] = {}
 
     @classmethod
     @contextmanager
     def watch(cls) -> Iterator[None]:
-        cls.signum = None
+        cls.signum, cls.caught = None, []
 
         def handler(signum: int, frame: Any) -> None:
             cls.signum = signum
+            cls.caught.append(signum)
 
         try:
             cls.previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
@@ -62,11 +65,12 @@ class Preemption:
 
     @classmethod
     def hand_off(cls) -> None:
-        """Give the caught signal to the earlier Python handler, if there was one (under
-        submitit: checkpoint-and-requeue). Call once the run's files are written."""
-        previous = cls.previous.get(cls.signum) if cls.signum is not None else None
-        if callable(previous):
-            previous(cls.signum, None)
+        """Give each caught signal to the earlier Python handler, if there was one. Call once
+        the run's files are written: submitit's requeues the job and exits the process."""
+        for signum in dict.fromkeys(cls.caught):
+            previous = cls.previous.get(signum)
+            if callable(previous):
+                previous(signum, None)
 
 
 @dataclass

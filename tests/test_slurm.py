@@ -1,0 +1,137 @@
+"""The cluster path on a real SLURM: a throw-away one-node cluster (tests/slurm/cluster.sh) runs
+sweeps through hydra/launcher=slurm_cpu; time limits and pre-emption are sent the way submitit
+sends them, and every assertion is on the run directories. Skipped without SLURM's daemons."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY, ok, run_dirs, summary
+from test_analysis import report
+from test_faults import SLOW, scores, uninterrupted  # noqa: F401 (fixture)
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.skipif(not (shutil.which("slurmctld") and shutil.which("munged")
+                            and hasattr(os, "geteuid") and os.geteuid() == 0),
+                       reason="needs SLURM (slurmctld, slurmd, munge, slurm-client) and root"),
+]
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """SLURM_CONF of a cluster started for this module, stopped after it."""
+    folder = tmp_path_factory.mktemp("slurm")
+    out = subprocess.run([str(CLUSTER), "start", str(folder)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    conf = out.stdout.strip().split("=", 1)[1]
+    yield {**os.environ, "SLURM_CONF": conf, "PYTHONUNBUFFERED": "1"}
+    subprocess.run([str(CLUSTER), "stop", str(folder)], timeout=60)
+
+
+def launch(env: dict, sweep_dir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sweeper", *args, "hydra/launcher=slurm_cpu",
+                             f"hydra.sweep.dir={sweep_dir}", "-m"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def job_id(sweep_dir: Path) -> str:
+    """The SLURM id (array job_task) of the sweep's one job, from submitit's log names."""
+    logs = list((sweep_dir / ".submitit").glob("*/*_log.out"))
+    wait_for(lambda: logs or logs.extend((sweep_dir / ".submitit").glob("*/*_log.out")), "job log")
+    return logs[0].name.removesuffix("_log.out")
+
+
+def command(env: dict, *cmd: str) -> str:
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+def state(env: dict, job: str) -> str:
+    return command(env, "squeue", "-h", "-j", job, "-o", "%T")
+
+
+def requeued_now(env: dict, job: str) -> None:
+    """Wait for the requeued job to pend, then let it start now: SLURM holds a requeued job
+    for about two minutes, which is the scheduler's, not the run's, time."""
+    wait_for(lambda: "PENDING" in state(env, job), "requeue")
+    command(env, "scontrol", "update", f"JobId={job}", "StartTime=now")
+
+
+def interrupted_mid_run(env, tmp_path, *extra: str) -> tuple[subprocess.Popen, Path, str]:
+    """A slow run on the cluster, with its first checkpoint on disk."""
+    proc = launch(env, tmp_path, *SLOW, *extra)
+    wait_for(lambda: any(tmp_path.glob("*/checkpoint.pt")), "the first checkpoint")
+    (run_dir,) = [p.parent for p in tmp_path.glob("*/checkpoint.pt")]
+    return proc, run_dir, job_id(tmp_path)
+
+
+def test_a_sweep_runs_to_completion_as_an_array_and_reports(slurm, tmp_path):
+    proc = launch(slurm, tmp_path / "sweep", *TINY, "patch=4,8,16")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    dirs = run_dirs(tmp_path / "sweep")
+    assert len(dirs) == 3 and all(summary(d)["status"] == "complete" for d in dirs)
+    assert report(tmp_path / "sweep").returncode == 0
+
+
+def test_a_time_limit_checkpoints_at_the_step_and_the_requeued_job_resumes(slurm, tmp_path, uninterrupted):
+    proc, run_dir, job = interrupted_mid_run(slurm, tmp_path)
+    command(slurm, "scancel", "--signal=USR2", job)  # what submitit's _interrupt(timeout=True) sends
+    wait_for(lambda: summary(run_dir)["status"] == "preempted", "the checkpoint at the step")
+    stopped = summary(run_dir)["detail"]
+    assert stopped["signal"] == signal.SIGUSR2 and stopped["step"] >= 0
+    requeued_now(slurm, job)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert summary(run_dir)["status"] == "complete"
+    assert scores(run_dir) == uninterrupted  # no epoch twice, no row lost, the same numbers
+    assert len(summary(run_dir)["history"]) == 2  # two attempts of the same SLURM job
+
+
+def test_preemption_and_a_lock_left_on_another_node_by_the_same_job(slurm, tmp_path, uninterrupted):
+    proc, run_dir, job = interrupted_mid_run(slurm, tmp_path)
+    command(slurm, "scancel", "--signal=TERM", job)  # submitit's _interrupt(): TERM, then USR2
+    command(slurm, "scancel", "--signal=USR2", job)
+    wait_for(lambda: summary(run_dir)["status"] == "preempted", "the checkpoint at the step")
+    wait_for(lambda: "PENDING" in state(slurm, job), "requeue")
+    # As if the first attempt had died on node-9 without releasing its lock: a fresh lock of
+    # another host, which only the same SLURM job may take over.
+    (run_dir / ".lock").write_text(f"node-9 4242 {job}\n")
+    requeued_now(slurm, job)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert summary(run_dir)["status"] == "complete" and scores(run_dir) == uninterrupted
+
+
+def test_max_num_timeout_ends_the_run_with_a_clear_status(slurm, tmp_path):
+    # timeout_min=2: submitit counts any USR2 as a time-out; one requeue is allowed.
+    proc, run_dir, job = interrupted_mid_run(
+        slurm, tmp_path, "epochs=40", "hydra.launcher.timeout_min=2",
+        "hydra.launcher.max_num_timeout=1", "hydra.launcher.signal_delay_s=10")
+    command(slurm, "scancel", "--signal=USR2", job)
+    wait_for(lambda: summary(run_dir)["status"] == "preempted", "the first time-out")
+    done = summary(run_dir)["epochs_done"]
+    requeued_now(slurm, job)
+    wait_for(lambda: summary(run_dir)["status"] == "running" and summary(run_dir)["epochs_done"] > done,
+             "an epoch of the second attempt")
+    command(slurm, "scancel", "--signal=USR2", job)
+    out, _ = proc.communicate(timeout=300)
+    s = summary(run_dir)
+    assert s["status"] == "timeout" and "timed-out too many times" in s["detail"]["reason"], out
+    assert proc.returncode != 0
+    assert 0 < s["epochs_done"] < 40
