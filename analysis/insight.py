@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import matplotlib
 
@@ -146,48 +146,51 @@ def attention_figure(table: Table, root: Path, path: Path) -> Optional[Path]:
     return path
 
 
-def distance_figure(table: Table, root: Path, path: Path) -> Optional[Path]:
-    """Mean attention distance per block, a point per head, a panel per setting."""
+def _panels(table: Table, root: Path, path: Path, title: str,
+            draw: Callable[[Any, dict[str, Any]], None], sharey: bool = False) -> Optional[Path]:
+    """A panel per setting (its first complete run with insight.json), drawn by `draw`."""
     found = _insights(table, root)
     if not found:
         return None
-    fig, axes = plt.subplots(1, len(found), figsize=(2.6 * len(found) + 1, 3.2), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(found), figsize=(2.8 * len(found) + 1, 3.2), squeeze=False,
+                             sharey=sharey)
     for ax, (name, data) in zip(axes[0], found.items()):
-        for block, heads in enumerate(data["attention_distance"]):
-            ax.scatter([block] * len(heads), heads, s=14, alpha=0.8)
-        ax.axvline(data["cls_block"] - 0.5, color="grey", lw=0.8, ls=":")
-        ax.set(title=name, xlabel="block")
-        ax.title.set_fontsize(8)
-    axes[0][0].set_ylabel("mean attention distance (pixels)")
-    fig.suptitle(f"{table.title}: attention distance (dotted: where the CLS token joins)", fontsize=10)
+        draw(ax, data)
+        ax.set_title(name, fontsize=8)
+    fig.suptitle(f"{table.title}: {title}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def distance_figure(table: Table, root: Path, path: Path) -> Optional[Path]:
+    """Mean attention distance per block, a point per head, a panel per setting."""
+
+    def draw(ax: Any, data: dict[str, Any]) -> None:
+        for block, heads in enumerate(data["attention_distance"]):
+            ax.scatter([block] * len(heads), heads, s=14, alpha=0.8)
+        ax.axvline(data["cls_block"] - 0.5, color="grey", lw=0.8, ls=":")
+        ax.set(xlabel="block", ylabel="mean attention distance (pixels)")
+
+    return _panels(table, root, path, "attention distance (dotted: where the CLS token joins)",
+                   draw, sharey=True)
 
 
 def position_figure(table: Table, root: Path, path: Path) -> Optional[Path]:
     """Per setting, a mosaic: tile (i, j) is the cosine similarity of patch (i, j)'s position
     embedding with every other patch's."""
-    found = _insights(table, root)
-    if not found:
-        return None
-    fig, axes = plt.subplots(1, len(found), figsize=(2.8 * len(found) + 1, 3.2), squeeze=False)
-    for ax, (name, data) in zip(axes[0], found.items()):
+
+    def draw(ax: Any, data: dict[str, Any]) -> None:
         side = data["grid"]
         sim = np.array(data["position_similarity"]).reshape(side, side, side, side)
-        gap = np.full((side, side, side, 1), np.nan)
-        tiles = np.concatenate([sim, gap], axis=3).transpose(0, 2, 1, 3).reshape(side * side, side * (side + 1))
+        framed = np.pad(sim, ((0, 0), (0, 0), (0, 1), (0, 1)), constant_values=np.nan)
+        tiles = framed.transpose(0, 2, 1, 3).reshape(side * (side + 1), side * (side + 1))
         ax.imshow(tiles, cmap="viridis", vmin=-1, vmax=1)
-        ax.set(title=name, xticks=[], yticks=[])
-        ax.title.set_fontsize(8)
+        ax.set(xticks=[], yticks=[])
         ax.grid(False)
-    fig.suptitle(f"{table.title}: position-embedding similarity", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+
+    return _panels(table, root, path, "position-embedding similarity", draw)
 
 
 CAPTIONS = {
