@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig
 
 from sweeper import insight, records
-from sweeper.config import ConfigError, Settings
+from sweeper.config import VIT_SHAPE, ConfigError, Settings, unused_keys
 from sweeper.data import sources
 from sweeper.lock import LOCK_FILE, run_lock
 from sweeper.records import fail
@@ -23,6 +23,8 @@ from sweeper.train import (
     Outcome, Preemption, Trainer, compiled_graphs, configure_backends, precision_warning,
     resolve_precision,
 )
+
+IGNORABLE = (*VIT_SHAPE, "pretrain_epochs")  # keys some runs do not use
 
 # A rerun leaves these alone: `complete` is done, and a `diverged` run would diverge again.
 FINISHED = ("complete", "diverged")
@@ -66,7 +68,7 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
         if not s.resume:
             move_aside(run_dir)
         if cfg is not None:
-            changes = config_changes(run_dir, cfg)
+            changes = config_changes(run_dir, cfg, unused_keys(s, IGNORABLE))
             if changes:
                 print(f"error: {run_dir} was trained with another config: {'; '.join(changes)}. "
                       f"Rerun with resume=false to start it afresh (its files are kept aside), "

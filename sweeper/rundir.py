@@ -76,15 +76,17 @@ def stored_config(run_dir: Path) -> dict[str, Any] | None:
     return _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
 
 
-def config_changes(run_dir: Path, cfg: DictConfig) -> list[str]:
-    """Keys whose stored value differs from `cfg` (keys that cannot change results aside)."""
+def config_changes(run_dir: Path, cfg: DictConfig, unused: Iterable[str] = ()) -> list[str]:
+    """Keys whose stored value differs from `cfg`, leaving aside keys that cannot change
+    results and the keys this run does not use (`unused`, e.g. pretrain_epochs for a ViT)."""
     old = stored_config(run_dir)
     if old is None:
         return []
     new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    skip = set(NOT_RESULTS) | set(unused)
     keys = sorted(set(old) | set(new))
     return [f"{k} ({old.get(k, 'absent')!r} -> {new.get(k, 'absent')!r})" for k in keys
-            if k not in NOT_RESULTS and old.get(k, "absent") != new.get(k, "absent")]
+            if k not in skip and old.get(k, "absent") != new.get(k, "absent")]
 
 
 def store_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:

@@ -98,6 +98,9 @@ def test_a_rerun_with_another_config_is_refused_and_the_stored_config_kept(tmp_p
     assert "resume=false" in proc.stderr
     assert (tmp_path / ".hydra" / "config.yaml").read_text() == stored and metrics(tmp_path) == before
     ok(sweeper(*TINY, "epochs=2", "checkpoint_every=5", f"hydra.run.dir={tmp_path}"))  # no result key
+    config = (tmp_path / ".hydra" / "config.yaml").read_text()
+    (tmp_path / ".hydra" / "config.yaml").write_text(config.replace("pretrain_epochs: 50\n", ""))
+    ok(sweeper(*TINY, "epochs=2", f"hydra.run.dir={tmp_path}"))  # a key this ViT does not use
     ok(sweeper(*TINY, "epochs=3", "resume=false", f"hydra.run.dir={tmp_path}"))
     assert len(metrics(tmp_path)) == 3 and list((tmp_path / ".previous").iterdir())
 

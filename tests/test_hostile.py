@@ -296,7 +296,8 @@ def test_an_unwritable_run_directory_is_one_line(tmp_path):
     (["model=resnet18", "patch=8"], "patch is not used by model=resnet18 task=classify"),
 ])
 def test_unknown_keys_and_out_of_range_integers_are_one_line(tmp_path, override, message):
-    one_line_error(sweeper(*TINY, *override, f"hydra.run.dir={tmp_path / 'run'}"), 2, message)
+    tiny = [a for a in TINY if not a.startswith("model.")] if "model=resnet18" in override else TINY
+    one_line_error(sweeper(*tiny, *override, f"hydra.run.dir={tmp_path / 'run'}"), 2, message)
     assert not (tmp_path / "run").exists()
 
 

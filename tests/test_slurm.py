@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, ok, run_dirs, summary
+from conftest import ROOT, TINY, ok, run_dirs, summary, sweeper
 from test_analysis import report
-from test_faults import SLOW, scores, uninterrupted  # noqa: F401 (fixture)
+from test_faults import SLOW, scores
 
 pytestmark = [
     pytest.mark.slurm,
@@ -23,6 +23,15 @@ pytestmark = [
                        reason="needs SLURM (slurmctld, slurmd, munge, slurm-client) and root"),
 ]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+# Long enough (a few seconds an epoch) for a signal to land mid-run on the cluster.
+LONG = [a for a in SLOW if not a.startswith(("data.n_train", "epochs"))] + ["data.n_train=2000", "epochs=6"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> list[list[str]]:
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    ok(sweeper(*LONG, f"hydra.run.dir={run_dir}"))
+    return scores(run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +63,13 @@ def job_id(sweep_dir: Path) -> str:
     """The SLURM id (array job_task) of the sweep's one job, from submitit's log names."""
     logs = list((sweep_dir / ".submitit").glob("*/*_log.out"))
     wait_for(lambda: logs or logs.extend((sweep_dir / ".submitit").glob("*/*_log.out")), "job log")
-    return logs[0].name.removesuffix("_log.out")
+    return logs[0].name.removesuffix("_log.out").rsplit("_", 1)[0]  # <job>_<task rank>_log.out
 
 
 def command(env: dict, *cmd: str) -> str:
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr}"
+    return done.stdout
 
 
 def state(env: dict, job: str) -> str:
@@ -74,7 +85,7 @@ def requeued_now(env: dict, job: str) -> None:
 
 def interrupted_mid_run(env, tmp_path, *extra: str) -> tuple[subprocess.Popen, Path, str]:
     """A slow run on the cluster, with its first checkpoint on disk."""
-    proc = launch(env, tmp_path, *SLOW, *extra)
+    proc = launch(env, tmp_path, *LONG, *extra)
     wait_for(lambda: any(tmp_path.glob("*/checkpoint.pt")), "the first checkpoint")
     (run_dir,) = [p.parent for p in tmp_path.glob("*/checkpoint.pt")]
     return proc, run_dir, job_id(tmp_path)
