@@ -196,8 +196,9 @@ def markdown(table: Table) -> str:
     metrics = [m for m in METRICS if table.stats[f"{m[0]}_n"].sum() > 0]
     head = ["setting", *[h for _, h, _ in metrics], "status"]
     has_ref = "report_test_acc" in table.stats and table.stats["report_test_acc"].notna().any()
+    ref_at = 2 if metrics and metrics[0][0] == "final_test_acc" else 1  # beside ours, if shown
     if has_ref:
-        head.insert(2, "report final test acc")
+        head.insert(ref_at, "report final test acc")
     best = {}
     for metric, _, larger in metrics:
         col = table.stats[f"{metric}_mean"].dropna()
@@ -214,7 +215,7 @@ def markdown(table: Table) -> str:
             cells.append(cell)
         if has_ref:
             ref = row.get("report_test_acc", math.nan)
-            cells.insert(2, "—" if math.isnan(ref) else f"{100 * ref:.2f} %")
+            cells.insert(ref_at, "—" if math.isnan(ref) else f"{100 * ref:.2f} %")
         cells.append(row["statuses"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

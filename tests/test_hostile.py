@@ -214,6 +214,14 @@ def test_unfinished_runs_show_progress_and_never_win(tmp_path):
     assert pd.isna(stats.loc["patch=16", "final_test_acc_mean"])
     assert stats.loc["patch=16", "statuses"] == "interrupted 3/25 epochs"
     assert summary_path.exists()
+    lone = tmp_path / "lone"  # no complete run at all
+    fake_run(lone, "patch-16", [0.4], status="running", patch=16)
+    from analysis.tables import markdown
+
+    (table,) = build_tables(collect(lone), reference=True)
+    head, _, *rows = markdown(table).splitlines()
+    assert head.split("|")[1:3] == [" setting ", " report final test acc "]
+    assert all(len(r.split("|")) == len(head.split("|")) for r in rows)
 
 
 def test_a_damaged_summary_is_listed(tmp_path):
