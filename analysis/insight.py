@@ -152,7 +152,7 @@ def _panels(table: Table, root: Path, path: Path, title: str,
     found = _insights(table, root)
     if not found:
         return None
-    fig, axes = plt.subplots(1, len(found), figsize=(2.8 * len(found) + 1, 3.2), squeeze=False,
+    fig, axes = plt.subplots(1, len(found), figsize=(max(6.0, 2.8 * len(found) + 1), 3.2), squeeze=False,
                              sharey=sharey)
     for ax, (name, data) in zip(axes[0], found.items()):
         draw(ax, data)
