@@ -4,7 +4,6 @@ compile, out-of-memory, checkpoint cadence, and one meaning per config key."""
 import json
 import signal
 
-import pytest
 import torch
 import yaml
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, TINY, metrics, ok, run_dirs, summary, sweeper
+from conftest import ROOT, TINY, ok, run_dirs, summary, sweeper
 from test_analysis import fake_run, report
 from test_data import make_tree, write_png
 from analysis.collect import collect

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, metrics, ok, run_dirs, sweeper
+from conftest import TINY, metrics, ok, sweeper
 from test_analysis import fake_run, report
 from test_hostile import _execute_in_process
 from sweeper import insight
