@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from sweeper.lock import is_held
 from sweeper.records import phase_results, run_results
+from sweeper.rundir import flatten
 
 METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
 VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")
@@ -44,15 +45,6 @@ def find_run_dirs(root: Path) -> list[Path]:
     return sorted(d for d in found if not any(p.startswith(".") for p in d.relative_to(root).parts))
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def _flat_config(run_dir: Path) -> dict[str, Any]:
     """The run's resolved config, flat; raises ValueError when it is missing or unreadable.
     Runs of older versions kept the ViT's shape under model.* too: what trained is model.*."""
@@ -60,7 +52,7 @@ def _flat_config(run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         raise ValueError("no .hydra/config.yaml, so its settings are unknown")
     try:
-        config = _flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+        config = flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
     except Exception as err:  # any YAML or interpolation error: the run cannot be placed
         raise ValueError(f"unreadable .hydra/config.yaml ({type(err).__name__})") from None
     for key in VIT_SHAPE:

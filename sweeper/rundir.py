@@ -59,11 +59,12 @@ def run_name(overrides: Iterable[str]) -> str:
     return name
 
 
-def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"dim": 240}} -> {"model.dim": 240}: a config as its dotted keys."""
     if isinstance(node, dict):
         out: dict[str, Any] = {}
         for k, v in node.items():
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         return out
     return {prefix[:-1]: node}
 
@@ -73,7 +74,7 @@ def stored_config(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / CONFIG_DIR / "config.yaml"
     if not path.is_file():
         return None
-    return _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    return flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
 
 
 def config_changes(run_dir: Path, cfg: DictConfig, unused: Iterable[str] = ()) -> list[str]:
@@ -82,7 +83,7 @@ def config_changes(run_dir: Path, cfg: DictConfig, unused: Iterable[str] = ()) -
     old = stored_config(run_dir)
     if old is None:
         return []
-    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    new = flatten(OmegaConf.to_container(cfg, resolve=True))
     skip = set(NOT_RESULTS) | set(unused)
     keys = sorted(set(old) | set(new))
     return [f"{k} ({old.get(k, 'absent')!r} -> {new.get(k, 'absent')!r})" for k in keys

@@ -34,21 +34,19 @@ class Outcome:
 
 
 class Preemption:
-    """A stop signal sets `signum`; the loop stops after the current step and checkpoints; the
-    signals caught are then handed, in order, to the handlers that were there before (under
-    submitit: SIGTERM to its bypass, SIGUSR2 to its checkpoint-and-requeue)."""
+    """A stop signal is recorded in `caught`; the loop stops after the current step and
+    checkpoints; the signals caught are then handed, in order, to the handlers that were there
+    before (under submitit: SIGTERM to its bypass, SIGUSR2 to its checkpoint-and-requeue)."""
 
-    signum: Optional[int] = None
     caught: list[int] = []
     previous: dict[int, Any] = {}
 
     @classmethod
     @contextmanager
     def watch(cls) -> Iterator[None]:
-        cls.signum, cls.caught = None, []
+        cls.caught = []
 
         def handler(signum: int, frame: Any) -> None:
-            cls.signum = signum
             cls.caught.append(signum)
 
         try:
@@ -247,7 +245,7 @@ class Trainer:
             if stopped is not None:
                 self._save(stopped, model, optimizer)
                 return Outcome("preempted", {"phase": phase.name, "epoch": epoch + 1,
-                                             "step": stopped.step, "signal": Preemption.signum})
+                                             "step": stopped.step, "signal": Preemption.caught[-1]})
             row["test_loss"], row["test_acc"], confusion = self.evaluate(step_model, phase.test,
                                                                          channels_last)
             self.confusions[phase.name] = confusion
@@ -279,7 +277,7 @@ class Trainer:
         progress = _Progress(at.epoch + 1, steps)
         start = time.perf_counter()
         for step, (x, y) in enumerate(phase.train.epoch(at.epoch, at.step), start=at.step):
-            if Preemption.signum is not None:
+            if Preemption.caught:
                 return {}, -1, Position(at.phase, at.epoch, step, loss_sum.item(), correct.item(),
                                         seen, at.seconds + time.perf_counter() - start)
             global_step = at.epoch * steps + step
