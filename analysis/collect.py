@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from sweeper.lock import is_held
 from sweeper.records import phase_results, run_results
-from sweeper.rundir import flatten
+from sweeper.rundir import ADDED, flatten
 
 METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
 VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")
@@ -55,6 +55,7 @@ def _flat_config(run_dir: Path) -> dict[str, Any]:
         config = flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
     except Exception as err:  # any YAML or interpolation error: the run cannot be placed
         raise ValueError(f"unreadable .hydra/config.yaml ({type(err).__name__})") from None
+    config = {**ADDED, **config}  # keys added since: older runs trained at their neutral value
     for key in VIT_SHAPE:
         if f"model.{key}" in config:
             config[key] = config.pop(f"model.{key}")
@@ -123,10 +124,12 @@ def planned_epochs(config: dict[str, Any], summary: dict[str, Any]) -> Any:
     return config.get("task.finetune_epochs", config.get("epochs"))
 
 
-def collect(root: Path) -> Collection:
-    """Every run under `root`."""
+def collect(root: Path, exclude: set[Path] = frozenset()) -> Collection:
+    """Every run under `root` but those in `exclude` (resolved paths: a study's trials)."""
     rows, epochs, problems, configs = [], [], [], {}
     for run_dir in find_run_dirs(root):
+        if run_dir.resolve() in exclude:
+            continue
         name = str(run_dir.relative_to(root)) if run_dir != root else "."
         summary, damage = _summary(run_dir)
         try:

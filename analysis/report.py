@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis import insight, plots
+from analysis import insight, plots, study
 from analysis.collect import Collection, collect
 from analysis.tables import Table, build_tables, markdown, write_runs_csv
 
@@ -31,15 +31,17 @@ class ReportError(Exception):
 def build(root: Path, out: Path, reference: str | None = None) -> list[str]:
     """Write the report into `out`, replacing only what an earlier report wrote there; returns
     problem lines. Raises ReportError before writing anything when it cannot."""
-    col = collect(root)
-    if col.runs.empty:
+    studies, unreadable = study.find(root)
+    col = collect(root, exclude=set().union(*(s.run_dirs() for s in studies)))
+    col.problems += unreadable
+    if col.runs.empty and not studies:
         raise ReportError(f"no runs with a usable metrics.csv under {root}"
                           + (f" ({len(col.problems)} skipped)" if col.problems else ""))
     ours = _previous_files(out)
-    tables = build_tables(col, reference is not None)
+    tables = build_tables(col, reference is not None) if not col.runs.empty else []
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent))
     try:
-        _write(root, col, tables, staging, reference)
+        _write(root, col, tables, studies, staging, reference)
         _install(staging, out, ours)
     finally:
         for leftover in staging.iterdir():
@@ -122,18 +124,40 @@ def _section(table: Table, col: Collection, root: Path, staging: Path,
     return section
 
 
-def _write(root: Path, col: Collection, tables: list[Table], staging: Path,
-           reference: str | None) -> None:
-    write_runs_csv(col, staging / "runs.csv")
-    col.epochs.to_csv(staging / "epochs.csv", index=False)
+def _study_section(found: study.Study, root: Path, staging: Path) -> Section:
+    name = plots.slug(f"study {found.about.get('study')}")
+    section = Section(f"Hyper-parameter study {found.about.get('study')} "
+                      f"({found.folder.relative_to(root)})",
+                      study.summary_text(found),
+                      [("Search space:", study.space_markdown(found)),
+                       ("Trials, best validation accuracy first:", study.trials_markdown(found))])
+    section.images.append((study.history_figure(found, staging / f"{name}_history.png").name,
+                           study.CAPTIONS["history"]))
+    made = study.importance_figure(found, staging / f"{name}_importance.png")
+    if made:
+        section.images.append((made.name, study.CAPTIONS["importance"]))
+    return section
+
+
+def _write(root: Path, col: Collection, tables: list[Table], studies: list[study.Study],
+           staging: Path, reference: str | None) -> None:
     sections = [_section(table, col, root, staging, reference) for table in tables]
-    times = plots.run_times(col.runs, staging / "run_times.png").name
-    sections.append(Section("Time per run", "", images=[(times, "")]))
+    sections += [_study_section(found, root, staging) for found in studies]
+    if not col.runs.empty:
+        write_runs_csv(col, staging / "runs.csv")
+        col.epochs.to_csv(staging / "epochs.csv", index=False)
+        times = plots.run_times(col.runs, staging / "run_times.png").name
+        sections.append(Section("Time per run", "", images=[(times, "")]))
     if col.problems:
         sections.append(Section("Skipped", "\n".join(f"- {p}" for p in col.problems)))
 
     intro = (f"{len(col.runs)} runs; statuses: "
-             + ", ".join(f"{s} {n}" for s, n in col.runs["status"].value_counts().items()))
+             + ", ".join(f"{s} {n}" for s, n in col.runs["status"].value_counts().items())
+             if not col.runs.empty else "No runs outside the studies.")
+    if studies:
+        intro += (f" {len(studies)} hyper-parameter "
+                  f"{'study' if len(studies) == 1 else 'studies'}, reported in "
+                  f"{'its' if len(studies) == 1 else 'their'} own section.")
     if reference is not None:
         intro += ("\n\nReference: the assignment report's own numbers (dashed lines, `report` "
                   "columns), from `sweeper/reference/seed_results.csv`.")

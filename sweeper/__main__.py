@@ -4,8 +4,10 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
+from hydra_plugins.sweeper_search import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config import ConfigError, register_configs, unused_keys, unused_message, validate
@@ -13,6 +15,7 @@ from sweeper.records import fail
 from sweeper.rundir import override_keys, run_name
 
 register_configs()
+Plugins.instance().register(OptunaSweeper)  # an editable install hides it from Hydra's scan
 OmegaConf.register_new_resolver("run_name", lambda overrides: run_name(overrides or []))
 
 
@@ -35,13 +38,23 @@ def main(cfg: DictConfig) -> float:
             fail(unused_message(settings, unused[0]), run_dir)
         from sweeper.run import run  # torch loads only once the config is known to be valid
 
-        return run(settings, run_dir, cfg, overrides, hydra_cfg.launcher.get("n_jobs"))
+        return run(settings, run_dir, cfg, overrides, hydra_cfg.launcher.get("n_jobs"),
+                   trial_judge(hydra_cfg))
     except SystemExit as exit_:
         # 1 and 2 are this run's own failures; other codes (submitit's exit after a requeue) pass
         if exit_.code in (1, 2) and hydra_cfg.mode == RunMode.MULTIRUN:
             raise RunFailed(f"error: run {run_dir} failed (its error is above); "
                             f"the other runs of the sweep went on") from None
         raise
+
+
+def trial_judge(hydra_cfg: DictConfig):
+    """In a search's trial: the pruner's judge of each epoch (None otherwise)."""
+    if not str(hydra_cfg.sweeper.get("_target_", "")).endswith(OptunaSweeper.__name__):
+        return None
+    from sweeper.search import judge_from_env
+
+    return judge_from_env(hydra_cfg.sweeper, Path(hydra_cfg.sweep.dir))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,7 @@ class ScratchTask:
 class DataBase:
     split_seed: int = 0  # the stratified A/B split of the training set
     b_fraction: float = 0.2  # B's share of each class: 10,000 of CIFAR-10's 50,000
+    val_size: int = 0  # images held out of the training set for validation (stratified); 0: none
 
 
 @dataclass
@@ -292,6 +293,8 @@ def validate(cfg: DictConfig) -> Settings:
             raise _allowed("task.encoder", task.encoder, "an existing encoder.pt file")
     if isinstance(data, FolderData):
         _validate_folder_root(data.root)
+    if data.val_size < 0:
+        raise _allowed("data.val_size", data.val_size, "zero (no validation split) or more images")
     if not 0 < data.b_fraction < 1:
         raise _allowed("data.b_fraction", data.b_fraction, "a fraction between 0 and 1")
     if isinstance(data, SyntheticData):

@@ -24,6 +24,12 @@ COLUMNS = [
     "phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
     "lr", "epoch_seconds", "images_per_s",
 ]
+VAL_COLUMNS = ["val_loss", "val_acc"]  # only in runs with a validation split (data.val_size)
+
+
+def columns(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """metrics.csv's header for these rows: the validation columns when they hold values."""
+    return COLUMNS + VAL_COLUMNS if any("val_acc" in r for r in rows) else COLUMNS
 
 
 # The phase whose test figures are a run's result (rotation runs: the fine-tuned classifier).
@@ -48,6 +54,10 @@ def phase_results(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "best_test_loss": min(losses),
             "final_train_acc": float(mine[-1]["train_acc"]),
         }
+        if "val_acc" in mine[-1]:
+            vals = [float(r["val_acc"]) for r in mine]
+            out[name].update(final_val_acc=vals[-1], best_val_acc=max(vals),
+                             final_val_loss=float(mine[-1]["val_loss"]))
     return out
 
 
@@ -77,11 +87,12 @@ def append_row(run_dir: Path, row: dict[str, Any]) -> None:
     """Append one epoch's row, flushed to disk before the epoch's checkpoint is written."""
     path = run_dir / METRICS_FILE
     new = not path.exists() or path.stat().st_size == 0
+    fields = columns([row])
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
-        writer.writerow({k: row[k] for k in COLUMNS})
+        writer.writerow({k: row[k] for k in fields})
         f.flush()
         os.fsync(f.fileno())
 
@@ -97,15 +108,18 @@ def read_rows(run_dir: Path) -> list[dict[str, str]]:
     lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines.pop()
-    return [r for r in csv.DictReader(lines) if all(r.get(k) not in (None, "") for k in COLUMNS)]
+    reader = csv.DictReader(lines)
+    need = columns([dict.fromkeys(reader.fieldnames or [])])
+    return [r for r in reader if all(r.get(k) not in (None, "") for k in need)]
 
 
 def write_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite metrics.csv whole (on resume: drops rows past the checkpoint and a torn line)."""
+    fields = columns(rows)
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=COLUMNS)
+    writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
-    writer.writerows({k: row[k] for k in COLUMNS} for row in rows)
+    writer.writerows({k: row[k] for k in fields} for row in rows)
     atomic_write_text(run_dir / METRICS_FILE, out.getvalue())
 
 
@@ -121,6 +135,7 @@ def console_line(row: dict[str, Any]) -> str:
         f"{phase}Epoch: {row['epoch']} | train loss: {row['train_loss']:.4f} | "
         f"train acc: {row['train_acc']:.4f} | test loss: {row['test_loss']:.4f} | "
         f"test acc: {row['test_acc']:.4f}"
+        + (f" | val acc: {row['val_acc']:.4f}" if "val_acc" in row else "")
     )
 
 

@@ -14,28 +14,30 @@ from omegaconf import DictConfig
 
 from sweeper import insight, records
 from sweeper.config import VIT_SHAPE, ConfigError, Settings, unused_keys
-from sweeper.data import sources
+from sweeper.data import sources, split
 from sweeper.lock import LOCK_FILE, run_lock
 from sweeper.records import fail
 from sweeper.rundir import CONFIG_DIR, config_changes, store_config
 from sweeper.tasks import Phase, build_phases
 from sweeper.train import (
-    Outcome, Preemption, Trainer, compiled_graphs, configure_backends, precision_warning,
+    Judge, Outcome, Preemption, Trainer, compiled_graphs, configure_backends, precision_warning,
     resolve_precision,
 )
 
 IGNORABLE = (*VIT_SHAPE, "pretrain_epochs")  # keys some runs do not use
 
-# A rerun leaves these alone: `complete` is done, and a `diverged` run would diverge again.
-FINISHED = ("complete", "diverged")
+# A rerun leaves these alone: `complete` is done, a `diverged` run would diverge again, and a
+# `pruned` one was stopped for good by its search.
+FINISHED = ("complete", "diverged", "pruned")
 
 
 def run(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
-        overrides: Optional[list[str]] = None, n_jobs: Optional[int] = None) -> float:
+        overrides: Optional[list[str]] = None, n_jobs: Optional[int] = None,
+        judge: Optional[Judge] = None) -> float:
     """Train one validated configuration in Hydra's output dir; returns the final test accuracy.
     `cfg` and `overrides` are stored with the run; `n_jobs` (the launcher's) is named when
-    the device runs out of memory."""
-    summary = execute(s, run_dir, cfg, overrides, n_jobs=n_jobs)
+    the device runs out of memory; `judge` may stop it after an epoch (a search's pruner)."""
+    summary = execute(s, run_dir, cfg, overrides, n_jobs=n_jobs, judge=judge)
     if summary.get("status") == "preempted":
         try:
             Preemption.hand_off()  # under submitit: its handler requeues the job and exits
@@ -54,7 +56,7 @@ def run(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
 
 def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
             overrides: Optional[list[str]] = None, max_epochs: int | None = None,
-            n_jobs: Optional[int] = None) -> dict[str, Any]:
+            n_jobs: Optional[int] = None, judge: Optional[Judge] = None) -> dict[str, Any]:
     """Holding the run dir's lock: check the stored config, then load, train and record."""
     try:
         device = pick_device(s.device)
@@ -81,7 +83,7 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
         try:
             if cfg is not None and not (run_dir / CONFIG_DIR / "config.yaml").exists():
                 store_config(run_dir, cfg, overrides or [])
-            return _train(s, device, run_dir, previous, max_epochs, n_jobs)
+            return _train(s, device, run_dir, previous, max_epochs, n_jobs, judge)
         except OSError as err:  # disk full, unwritable dir: what was written stays valid
             where = err.filename or run_dir
             print(f"error: cannot write {where}: {err.strerror or err}", file=sys.stderr, flush=True)
@@ -89,15 +91,13 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
 
 
 def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str, Any],
-           max_epochs: int | None, n_jobs: Optional[int]) -> dict[str, Any]:
+           max_epochs: int | None, n_jobs: Optional[int],
+           judge: Optional[Judge]) -> dict[str, Any]:
     started = time.time()
     try:
-        images = sources.load(s.data)
+        images = split.hold_out(sources.load(s.data), s.data.val_size, s.data.split_seed)
         torch.manual_seed(s.seed)  # model initialisation; batches draw from their own seeds
-        on_device = sources.ImageSet(
-            *(t.to(device) for t in (images.x_train, images.y_train, images.x_test, images.y_test)),
-            classes=images.classes,
-        )
+        on_device = images.to(device)
         phases = build_phases(s, on_device)
     except (ConfigError, sources.DataError) as err:
         fail(str(err), run_dir)
@@ -127,7 +127,7 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
         summarise(run_dir, base, "running", prior_seconds + time.time() - started)
 
     summarise(run_dir, base, "running", prior_seconds)
-    trainer = Trainer(s, device, run_dir, log, max_epochs)
+    trainer = Trainer(s, device, run_dir, log, max_epochs, judge)
     try:
         outcome: Outcome = trainer.fit(phases)
     except torch.OutOfMemoryError:

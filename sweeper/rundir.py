@@ -24,6 +24,9 @@ from sweeper.atomic import atomic_write_text
 # Keys that change where or how a run is kept, never what it computes.
 NOT_RESULTS = ("resume", "data.cache_dir", "checkpoint_every")
 PATH_KEYS = ("data.root", "task.encoder")
+# Keys added after runs were made, at the value that trains as those runs did: a stored config
+# without the key compares equal to this value.
+ADDED = {"data.val_size": 0}
 MAX_NAME_BYTES = 200  # file systems allow 255 per path component; leave room for suffixes
 CONFIG_DIR = ".hydra"
 
@@ -86,6 +89,7 @@ def config_changes(run_dir: Path, cfg: DictConfig, unused: Iterable[str] = ()) -
     new = flatten(OmegaConf.to_container(cfg, resolve=True))
     skip = set(NOT_RESULTS) | set(unused)
     keys = sorted(set(old) | set(new))
+    old = {**ADDED, **old}
     return [f"{k} ({old.get(k, 'absent')!r} -> {new.get(k, 'absent')!r})" for k in keys
             if k not in skip and old.get(k, "absent") != new.get(k, "absent")]
 

@@ -27,9 +27,12 @@ CHECKPOINT_VERSION = 2
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
+Judge = Callable[[str, dict[str, Any]], bool]  # (phase, epoch's row) -> stop the run here
+
+
 @dataclass
 class Outcome:
-    status: str  # complete | preempted | diverged | stopped
+    status: str  # complete | preempted | diverged | stopped | pruned
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -168,11 +171,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 
 class Trainer:
     def __init__(self, s: Settings, device: torch.device, run_dir: Path,
-                 log: Callable[[dict[str, Any]], None], max_epochs: Optional[int] = None) -> None:
+                 log: Callable[[dict[str, Any]], None], max_epochs: Optional[int] = None,
+                 judge: Optional[Judge] = None) -> None:
         """`max_epochs` stops each phase after that many epochs of its unchanged schedule
-        (status `stopped`): the benchmark's "k epochs of the normal schedule"."""
+        (status `stopped`): the benchmark's "k epochs of the normal schedule". `judge` sees
+        each epoch's row and may end the run there (status `pruned`: a search's pruner)."""
         self.s, self.device, self.run_dir, self.log = s, device, run_dir, log
-        self.max_epochs = max_epochs
+        self.max_epochs, self.judge = max_epochs, judge
         self.precision = resolve_precision(device, s.precision)
         self.autocast = autocast_for(device, s.precision)
         self.last_save = time.monotonic()
@@ -249,12 +254,17 @@ class Trainer:
             row["test_loss"], row["test_acc"], confusion = self.evaluate(step_model, phase.test,
                                                                          channels_last)
             self.confusions[phase.name] = confusion
+            if phase.val is not None:
+                row["val_loss"], row["val_acc"], _ = self.evaluate(step_model, phase.val,
+                                                                   channels_last)
             row["phase"] = phase.name
             records.append_row(self.run_dir, row)
             self.log(row)
             if bad_step >= 0 or not all(map(math.isfinite, (row["train_loss"], row["test_loss"]))):
                 return Outcome("diverged", {"phase": phase.name, "epoch": epoch + 1,
                                             "step": bad_step if bad_step >= 0 else None})
+            if self.judge is not None and epoch + 1 < phase.epochs and self.judge(phase.name, row):
+                return Outcome("pruned", {"phase": phase.name, "epoch": epoch + 1})
             done = Position(phase=at.phase, epoch=epoch + 1)
             if epoch + 1 == phase.epochs or time.monotonic() - self.last_save >= s.checkpoint_every:
                 self._save(done, model, optimizer)

@@ -13,7 +13,7 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -43,6 +43,15 @@ class ImageSet:
     x_test: torch.Tensor
     y_test: torch.Tensor
     classes: list[str]
+    x_val: Optional[torch.Tensor] = None  # held out of the training set by `split.hold_out`
+    y_val: Optional[torch.Tensor] = None
+
+    def to(self, device: torch.device) -> "ImageSet":
+        return ImageSet(**{k: v.to(device) if isinstance(v, torch.Tensor) else v
+                           for k, v in self.__dict__.items()})
+
+
+CACHED = ("x_train", "y_train", "x_test", "y_test", "classes")  # what a source provides
 
 
 def load(cfg: DataConfig) -> ImageSet:
@@ -184,7 +193,7 @@ def _read_cache(cache: Path, key: str) -> ImageSet | None:
         blob = torch.load(cache, weights_only=True)
         if blob["key"] != key:
             return None
-        images = ImageSet(**{k: blob[k] for k in ImageSet.__dataclass_fields__})
+        images = ImageSet(**{k: blob[k] for k in CACHED})
         _check(images, str(cache))
         return images
     except Exception:
@@ -192,7 +201,7 @@ def _read_cache(cache: Path, key: str) -> ImageSet | None:
 
 
 def _write_cache(cache: Path, key: str, images: ImageSet) -> None:
-    atomic_save({"key": key, **images.__dict__}, cache)
+    atomic_save({"key": key, **{k: getattr(images, k) for k in CACHED}}, cache)
 
 
 def _class_of(parts: tuple[str, ...]) -> tuple[str, str] | None:

@@ -40,6 +40,7 @@ class Phase:
     train: TrainFeed
     test: Iterable[Batch]
     epochs: int
+    val: Optional[Iterable[Batch]] = None  # the held-out validation images, when there are some
     frozen: Optional[nn.Module] = None  # no gradients, eval mode, in this phase (linear probe)
     on_end: Optional[Callable[[Path], None]] = None  # called with the run dir when it completes
     meta: dict = field(default_factory=dict)  # extra summary fields, e.g. which encoder was loaded

@@ -19,5 +19,7 @@ def phases(s: Settings, images: ImageSet) -> list[Phase]:
             train=Batches(images.x_train, images.y_train, s.batch_size, s.seed, "train"),
             test=Batches(images.x_test, images.y_test, s.eval_batch_size),
             epochs=s.epochs,
+            val=None if images.x_val is None else Batches(images.x_val, images.y_val,
+                                                          s.eval_batch_size),
         )
     ]

@@ -65,12 +65,14 @@ def pretrain_then_finetune(s: Settings, images: ImageSet) -> list[Phase]:
     require_images(len(a), "A", SPLIT_KEYS)
     encoder = build_encoder(s.model)
     per_batch = max(1, s.batch_size // ROTATIONS)  # a step still sees batch_size examples
+    eval_batch = max(1, s.eval_batch_size // ROTATIONS)
     pretrain = Phase(
         name="pretrain",
         model=Classifier(encoder, ROTATIONS),
         train=Rotated(Batches(images.x_train[a], None, per_batch, s.seed, "pretrain")),  # no labels
-        test=Rotated(Batches(images.x_test, None, max(1, s.eval_batch_size // ROTATIONS))),
+        test=Rotated(Batches(images.x_test, None, eval_batch)),
         epochs=s.pretrain_epochs,
+        val=None if images.x_val is None else Rotated(Batches(images.x_val, None, eval_batch)),
         on_end=lambda run_dir: save_encoder(encoder, s, run_dir / ENCODER_FILE),
     )
     finetune = _on_b(s, images, b, encoder, "finetune", task.freeze_encoder)
@@ -104,6 +106,7 @@ def _on_b(s: Settings, images: ImageSet, b: torch.Tensor, encoder: nn.Module, na
         train=Batches(images.x_train[b], images.y_train[b], s.batch_size, s.seed, name),
         test=Batches(images.x_test, images.y_test, s.eval_batch_size),
         epochs=s.epochs,
+        val=None if images.x_val is None else Batches(images.x_val, images.y_val, s.eval_batch_size),
         frozen=encoder if freeze else None,
     )
 

@@ -1,0 +1,149 @@
+"""A hyper-parameter study (a sweep folder with study.json and study.csv, written by the
+search after every batch) -> the report's section: trials table, best trial, optimisation
+history and the parameters' importances. Its trials' runs are reported here, not among the
+other tables: each has its own settings, and they were chosen on validation accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+STUDY_JSON, STUDY_CSV = "study.json", "study.csv"
+STATE_COLOURS = {"complete": "C0", "pruned": "C1", "fail": "C3", "running": "C7"}
+
+
+@dataclass
+class Study:
+    folder: Path
+    about: dict[str, Any]  # study.json
+    trials: pd.DataFrame  # study.csv
+
+    @property
+    def params(self) -> list[str]:
+        return list(self.about.get("space") or {})
+
+    def run_dirs(self) -> set[Path]:
+        return {(self.folder / r).resolve() for r in self.trials["run_dir"].dropna() if r}
+
+
+def find(root: Path) -> tuple[list[Study], list[str]]:
+    """Every study under `root`, and a line for each study folder that cannot be read."""
+    studies, problems = [], []
+    for path in sorted(root.rglob(STUDY_JSON)):
+        try:
+            about = json.loads(path.read_text())
+            trials = pd.read_csv(path.parent / STUDY_CSV, dtype={"run_dir": str, "state": str})
+        except (OSError, ValueError, pd.errors.ParserError) as err:
+            problems.append(f"{path.parent.relative_to(root)}: study unreadable "
+                            f"({type(err).__name__}); skipped")
+            continue
+        studies.append(Study(path.parent, about, trials))
+    return studies, problems
+
+
+def _pct(x: Any) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * float(x):.2f}"
+
+
+def _value(x: Any) -> str:
+    if isinstance(x, float) and math.isnan(x):
+        return ""
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def summary_text(study: Study) -> str:
+    about = study.about
+    counts = ", ".join(f"{n} {s}" for s, n in (about.get("trials") or {}).items() if n)
+    text = (f"Study `{about.get('study')}`: {counts}. Objective: the final validation accuracy "
+            f"({about.get('direction', 'maximize')}) on images held out of the training set; "
+            f"the test accuracy is shown beside it and was never used to choose.")
+    best = about.get("best")
+    if best:
+        params = ", ".join(f"{k}={_value(v)}" for k, v in best["params"].items())
+        text += (f" Best: trial {best['trial']}, validation {_pct(best['val_acc'])} %, "
+                 f"test {_pct(best.get('test_acc'))} %, with {params}.")
+    base = about.get("baseline")
+    if base:
+        result = (f"validation {_pct(base['val_acc'])} %, test {_pct(base.get('test_acc'))} %"
+                  if base.get("val_acc") is not None else base.get("state", "not finished"))
+        text += f" The config's own values (trial {base['trial']}): {result}."
+    if about.get("fixed"):
+        text += " Fixed: " + " ".join(f"`{f}`" for f in about["fixed"]) + "."
+    return text
+
+
+def space_markdown(study: Study) -> str:
+    space = study.about.get("space") or {}
+    lines = ["| parameter | searched over | importance |", "|---|---|---|"]
+    imp = study.about.get("importances") or {}
+    for k, v in space.items():
+        lines.append(f"| {k} | {v} | {_value(imp[k]) if k in imp else ''} |")
+    return "\n".join(lines)
+
+
+def trials_markdown(study: Study) -> str:
+    """Trials, best validation accuracy first; unfinished and failed ones last."""
+    t = study.trials.sort_values(["val_acc", "trial"], ascending=[False, True], na_position="last")
+    head = ["trial", "state", "val acc (%)", "test acc (%)", *study.params, "minutes"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in t.iterrows():
+        state = r["state"] if r.get("status") in (r["state"], "", None) or pd.isna(r.get("status")) \
+            else f"{r['state']} ({r['status']})"
+        minutes = "" if pd.isna(r.get("seconds")) else f"{r['seconds'] / 60:.1f}"
+        cells = [str(r["trial"]), state, _pct(r["val_acc"]), _pct(r["test_acc"]),
+                 *(_value(r.get(p)) for p in study.params), minutes]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def history_figure(study: Study, path: Path) -> Path:
+    """Validation accuracy of each trial in the order asked, the best so far as a line."""
+    t = study.trials.sort_values("trial")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for state, colour in STATE_COLOURS.items():
+        mine = t[(t["state"] == state) & t["val_acc"].notna()]
+        if len(mine):
+            ax.scatter(mine["trial"], 100 * mine["val_acc"], color=colour, label=state, zorder=3)
+    done = t[t["state"] == "complete"]
+    if len(done):
+        best = (100 * done["val_acc"]).cummax()
+        ax.step(done["trial"], best, where="post", color="black", lw=1.2, label="best so far")
+    ax.set(title=f"Study {study.about.get('study')}: optimisation history", xlabel="trial",
+           ylabel="validation accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def importance_figure(study: Study, path: Path) -> Optional[Path]:
+    imp = study.about.get("importances")
+    if not imp:
+        return None
+    names = list(imp)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5))
+    ax.barh(names, [imp[n] for n in names], color="C0")
+    ax.set(title="Parameter importances (PED-ANOVA)", xlabel="importance")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+CAPTIONS = {
+    "history": "Each dot is a trial (failed and pruned ones are marked); the line is the best "
+               "validation accuracy found so far.",
+    "importance": "How much of the variation in validation accuracy each parameter explains "
+                  "among the better trials (Optuna's PED-ANOVA); few trials make it rough.",
+}

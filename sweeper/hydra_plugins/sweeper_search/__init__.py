@@ -1,0 +1,150 @@
+"""`hydra/sweeper=optuna`: a Hydra sweeper on Optuna's ask/tell API.
+
+It asks the study for a batch of `n_jobs` trials, launches them through whatever
+`hydra/launcher` is chosen (basic, joblib, submitit/SLURM) as ordinary runs with ordinary run
+directories, reads each run's outcome from its directory and tells the study. Rerunning the
+command reopens the study: finished trials count, asked-but-unfinished ones are run again
+(their run directories resume from their checkpoints). The search logic is `sweeper.search`.
+
+Hydra loads sweepers only from the `hydra_plugins` namespace; pyproject.toml installs this
+folder as `hydra_plugins.sweeper_search`, and `python -m sweeper` registers it explicitly
+(an editable install hides it from Hydra's scan). This module imports no Optuna until used.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, n_trials: int, n_jobs: int, direction: str, metric: str,
+                 study_name: Optional[str], storage: Optional[str], sampler: str, seed: int,
+                 pruner: str, pruner_startup_trials: int, pruner_warmup_epochs: int,
+                 baseline: bool = True, params: Optional[dict[str, str]] = None) -> None:
+        self.n_trials, self.n_jobs, self.direction, self.metric = n_trials, n_jobs, direction, metric
+        self.study_name, self.storage = study_name, storage
+        self.sampler, self.seed = sampler, seed
+        self.pruner = (pruner, pruner_startup_trials, pruner_warmup_epochs)
+        self.baseline = baseline
+        self.params = dict(params or {})
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        try:
+            from sweeper import search
+        except ImportError as err:
+            _fail(f"hydra/sweeper=optuna needs Optuna ({err}): pip install -e \".[search]\"")
+        try:
+            return self._sweep(search, arguments)
+        except search.SearchError as err:
+            _fail(str(err))
+
+    def _space(self, search: Any, arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The preset's params, then the command line (a plain value there fixes a key)."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        space: dict[str, Any] = {}
+        fixed: dict[str, str] = {}
+        for override in parser.parse_overrides(lines):
+            key = override.get_key_element()
+            if override.is_sweep_override():
+                fixed.pop(key, None)
+                space[key.lstrip("+")] = search.distribution(override)
+            else:
+                space.pop(key.lstrip("+"), None)
+                fixed[key] = override.input_line
+        return space, fixed
+
+    def _check(self, search: Any, space: dict[str, Any], fixed: list[str]) -> None:
+        """Before any trial: the objective exists, and one point of the space makes a valid run."""
+        from sweeper.preflight import invalid_jobs
+
+        if self.metric != "val_acc":
+            raise search.SearchError(f"hydra.sweeper.metric={self.metric!r} is not allowed: "
+                                     f"val_acc (a search is judged on held-out images, never test)")
+        if not space:
+            raise search.SearchError("nothing to search: give ranges in hydra.sweeper.params or "
+                                     "on the command line, e.g. lr='tag(log, interval(1e-4, 3e-3))'")
+        if int(OmegaConf.select(self.config, "data.val_size", default=0)) <= 0:
+            raise search.SearchError(
+                "a search is judged on validation accuracy, and data.val_size=0 holds no "
+                "validation images out: give data.val_size, e.g. data.val_size=5000")
+        probe = {k: d.low if hasattr(d, "low") else d.choices[0] for k, d in space.items()}
+        bad, unused = invalid_jobs(self.config, [search.trial_overrides(fixed, probe)])
+        if bad:
+            raise search.SearchError(f"the search's runs would be invalid: {bad[0]}")
+        if unused:
+            raise search.SearchError(f"no run of this search uses {unused[0]}: drop it")
+
+    def _sweep(self, search: Any, arguments: list[str]) -> list:
+        import optuna
+
+        space, fixed_by_key = self._space(search, arguments)
+        fixed = list(fixed_by_key.values())
+        self._check(search, space, fixed)
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        study = search.open_study(
+            self.study_name or sweep_dir.name, search.storage_url(self.storage, sweep_dir),
+            self.direction, search.make_sampler(self.sampler, self.seed),
+            search.make_pruner(*self.pruner))
+        search.check_same_command(study, space, fixed)
+        if self.baseline and not study.get_trials(deepcopy=False):
+            search.enqueue_baseline(study, space, self.config)
+        resumed = [optuna.trial.Trial(study, t._trial_id) for t in search.unfinished(study)]
+        if resumed:
+            print(f"study {study.study_name}: resuming {len(resumed)} unfinished trial(s)", flush=True)
+        job_idx, returns = 0, []
+        while True:
+            batch, resumed = resumed[:self.n_jobs], resumed[self.n_jobs:]
+            room = self.n_trials - search.finished(study) - len(batch) - len(resumed)
+            batch += [study.ask(space) for _ in range(max(0, min(self.n_jobs - len(batch), room)))]
+            if not batch:
+                break
+            jobs = [search.trial_overrides(fixed, t.params, t._trial_id) for t in batch]
+            results = self.launcher.launch(jobs, initial_job_idx=job_idx)
+            job_idx += len(batch)
+            returns.append(results)
+            for trial, result in zip(batch, results):
+                self._tell(search, study, trial, result)
+            search.write_tables(study, sweep_dir, self.metric)
+        best = study.best_trial if search.finished(study) and any(
+            t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) else None
+        if best is not None:
+            print(f"study {study.study_name}: best trial {best.number}, val acc {best.value:.4f}, "
+                  f"{best.params} ({sweep_dir / search.STUDY_CSV})", flush=True)
+        return returns
+
+    def _tell(self, search: Any, study: Any, trial: Any, result: Any) -> None:
+        run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
+        error = str(result._return_value) if result.status == JobStatus.FAILED else None
+        told = search.outcome(run_dir, error)
+        if told is None:
+            print(f"trial {trial.number}: not finished ({run_dir}); a rerun resumes it", flush=True)
+            return
+        state, value, attrs = told
+        for key, v in attrs.items():
+            trial.set_user_attr(key, v)
+        study.tell(trial, value, state=state)
+        shown = f"val acc {value:.4f}" if value is not None else attrs["status"]
+        print(f"trial {trial.number}: {shown} | {trial.params}", flush=True)

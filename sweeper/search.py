@@ -1,0 +1,280 @@
+"""Hyper-parameter search on Optuna's ask/tell API: the study (storage, search space, sampler,
+pruner), each trial's outcome read from its run directory, the pruner's judge inside a trial's
+process, and the study's tables for the report (study.csv, study.json in the sweep folder).
+
+Hydra's side (ask a batch, launch it through any launcher, tell the outcomes) is the sweeper
+plugin in `sweeper/hydra_plugins/sweeper_search`. The objective is a validation accuracy,
+never a test one: a trial's test accuracy is only recorded beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import optuna
+from hydra.core.override_parser.types import (
+    ChoiceSweep, IntervalSweep, Override, RangeSweep,
+)
+from optuna.distributions import (
+    BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution,
+)
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from sweeper.atomic import atomic_write_text
+from sweeper.records import RESULT_PHASES, SUMMARY_FILE
+
+TRIAL_ENV = "SWEEPER_TRIAL"  # in a trial's job: the Optuna trial id its epochs report to
+STUDY_CSV, STUDY_JSON = "study.csv", "study.json"
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+class SearchError(ValueError):
+    """A search that cannot run as given: its message is the one line shown to the user."""
+
+
+def distribution(override: Override) -> BaseDistribution:
+    """Hydra's sweep syntax as an Optuna distribution: `interval(a, b)` (floats, or ints when
+    both ends are; `tag(log, interval(a, b))` samples on a log scale), `choice(...)`,
+    `range(start, stop, step)` (stop excluded, as Hydra's range)."""
+    key, value = override.get_key_element(), override.value()
+    if isinstance(value, IntervalSweep):
+        log = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log)
+        return FloatDistribution(float(value.start), float(value.end), log=log)
+    if isinstance(value, ChoiceSweep):
+        return CategoricalDistribution(list(value.list))
+    if isinstance(value, RangeSweep):
+        start, stop, step = value.start, value.stop, value.step
+        if all(isinstance(v, int) for v in (start, stop, step)):
+            return IntDistribution(start, stop - 1 if step == 1 else stop - step, step=step)
+        last = start + step * math.floor((stop - start) / step - 1e-9)
+        return FloatDistribution(float(start), float(last), step=float(step))
+    raise SearchError(f"{key}={override.get_value_element_as_str()} is not a search range: "
+                      f"use interval(a, b), tag(log, interval(a, b)), choice(...) or range(...)")
+
+
+def storage_url(storage: Optional[str], sweep_dir: Path) -> str:
+    """The study's storage: by default an SQLite file in the sweep folder (no server);
+    any SQLAlchemy URL; or `journal:<file>` for Optuna's journal on a shared file system."""
+    if storage:
+        return storage
+    return f"sqlite:///{(sweep_dir / 'study.db').resolve()}"
+
+
+def _storage(url: str) -> Any:
+    if url.startswith("journal:"):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        return JournalStorage(JournalFileBackend(str(Path(url[len("journal:"):]).expanduser())))
+    return url
+
+
+def make_pruner(name: str, startup_trials: int, warmup_epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
+                                           n_warmup_steps=warmup_epochs)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise SearchError(f"hydra.sweeper.pruner={name!r} is not allowed: median or none")
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "tpe":  # constant liar: a batch asked at once does not cluster on one point
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise SearchError(f"hydra.sweeper.sampler={name!r} is not allowed: tpe or random")
+
+
+def open_study(name: str, url: str, direction: str, sampler: optuna.samplers.BaseSampler,
+               pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(study_name=name, storage=_storage(url), direction=direction,
+                               sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+def check_same_command(study: optuna.Study, space: dict[str, BaseDistribution],
+                       fixed: list[str]) -> None:
+    """A study resumes only under the search space and fixed overrides it began with: its
+    trials would not be comparable otherwise. A new study records them."""
+    want = {"space": {k: optuna.distributions.distribution_to_json(d) for k, d in space.items()},
+            "fixed": sorted(fixed)}
+    have = {k: study.user_attrs.get(k) for k in want}
+    if have["space"] is None:
+        for k, v in want.items():
+            study.set_user_attr(k, v)
+        return
+    space_diff = sorted(k for k in set(have["space"]) | set(want["space"])
+                        if have["space"].get(k) != want["space"].get(k))
+    fixed_diff = sorted(set(have["fixed"] or []) ^ set(want["fixed"]))
+    if space_diff or fixed_diff:
+        raise SearchError(f"study {study.study_name!r} was begun with another command (it "
+                          f"differs in {', '.join(space_diff + fixed_diff)}): give another "
+                          f"hydra.sweeper.study_name or hydra.sweep.dir to start a new study")
+
+
+def enqueue_baseline(study: optuna.Study, space: dict[str, BaseDistribution], config: Any) -> None:
+    """Trial 0 runs the config's own values of the searched keys (those inside the space): the
+    defaults a search has to beat, judged at the same budget, in the same study."""
+    values = {k: OmegaConf.select(config, k) for k in space}
+    inside = {k: _as_sampled(space[k], v) for k, v in values.items() if _contains(space[k], v)}
+    if inside:
+        study.enqueue_trial(inside, user_attrs={"baseline": True})
+
+
+def _as_sampled(d: BaseDistribution, value: Any) -> Any:
+    """The value as the space would give it (a config's 1.0 is the choice 1), so the trial's
+    run directory is named as a sampled one would be."""
+    if isinstance(d, CategoricalDistribution):
+        return next(c for c in d.choices if c == value)
+    return int(value) if isinstance(d, IntDistribution) else float(value)
+
+
+def _contains(d: BaseDistribution, value: Any) -> bool:
+    if isinstance(d, CategoricalDistribution):
+        return value in d.choices
+    return isinstance(value, (int, float)) and d.low <= value <= d.high
+
+
+def outcome(run_dir: Path, job_failed: Optional[str]) -> Optional[tuple[TrialState, Optional[float], dict]]:
+    """What to tell the study about the trial run in `run_dir`: (state, value, attributes), or
+    None when it is not finished (pre-empted, or run by another process): it stays RUNNING and
+    a rerun of the search resumes it."""
+    try:
+        summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        summary = {}
+    status = summary.get("status", "failed" if job_failed else "unknown")
+    attrs = {"run_dir": str(run_dir), "status": status,
+             "test_acc": summary.get("final_test_acc"), "seconds": summary.get("wall_seconds")}
+    if job_failed and status not in ("complete", "pruned", "diverged"):
+        return TrialState.FAIL, None, {**attrs, "status": "failed", "error": job_failed}
+    if status == "complete":
+        value = summary.get("final_val_acc")
+        if value is None or not math.isfinite(value):
+            return TrialState.FAIL, None, {**attrs, "error": "no validation accuracy logged"}
+        return TrialState.COMPLETE, float(value), attrs
+    if status == "pruned":
+        return TrialState.PRUNED, None, attrs
+    if status in ("diverged", "oom", "timeout"):
+        return TrialState.FAIL, None, attrs
+    return None
+
+
+def judge_from_env(sweeper_cfg: Any, sweep_dir: Path) -> Optional[Any]:
+    """Inside a trial's job: a judge that reports each epoch's validation accuracy of the result
+    phase to the study and says whether the pruner stops the trial there. None outside a search
+    or without pruning."""
+    trial_id = os.environ.get(TRIAL_ENV)
+    if trial_id is None or sweeper_cfg.get("pruner", "none") == "none":
+        return None
+    study = optuna.load_study(
+        study_name=sweeper_cfg.study_name or sweep_dir.name,
+        storage=_storage(storage_url(sweeper_cfg.storage, sweep_dir)),
+        pruner=make_pruner(sweeper_cfg.pruner, sweeper_cfg.pruner_startup_trials,
+                           sweeper_cfg.pruner_warmup_epochs))
+    # Optuna's documented way to act for a trial asked elsewhere (another process).
+    trial = optuna.trial.Trial(study, int(trial_id))
+
+    def judge(phase: str, row: dict[str, Any]) -> bool:
+        if phase not in RESULT_PHASES or "val_acc" not in row:
+            return False
+        trial.report(float(row["val_acc"]), step=int(row["epoch"]))
+        return trial.should_prune()
+
+    return judge
+
+
+def override_value(value: Any) -> str:
+    """A sampled value as a Hydra override value (floats in their shortest exact form)."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def write_tables(study: optuna.Study, sweep_dir: Path, metric: str) -> None:
+    """study.csv (a row per trial) and study.json (the study, its best trial and the
+    parameters' importances) beside the trials: what `analysis.report` reads."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    params = sorted({k for t in trials for k in t.params})
+    header = ["trial", "state", "val_acc", "test_acc", "status", "seconds", *params, "run_dir"]
+    lines = [",".join(header)]
+    for t in trials:
+        a = t.user_attrs
+        cells = [t.number, t.state.name.lower(), t.value, a.get("test_acc"), a.get("status", ""),
+                 a.get("seconds"), *(t.params.get(k) for k in params),
+                 _relative(a.get("run_dir", ""), sweep_dir)]
+        lines.append(",".join("" if c is None else str(c) for c in cells))
+    atomic_write_text(sweep_dir / STUDY_CSV, "\n".join(lines) + "\n")
+
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = max(done, key=lambda t: t.value) if done else None
+    summary = {
+        "study": study.study_name,
+        "direction": study.direction.name.lower(),
+        "metric": metric,
+        "space": {k: describe(optuna.distributions.json_to_distribution(v))
+                  for k, v in (study.user_attrs.get("space") or {}).items()},
+        "fixed": study.user_attrs.get("fixed"),
+        "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
+        "best": None if best is None else {
+            "trial": best.number, "val_acc": best.value, "params": best.params,
+            "test_acc": best.user_attrs.get("test_acc"),
+            "run_dir": _relative(best.user_attrs.get("run_dir", ""), sweep_dir)},
+        "baseline": next(({"trial": t.number, "state": t.state.name.lower(), "val_acc": t.value,
+                           "params": t.params, "test_acc": t.user_attrs.get("test_acc")}
+                          for t in trials if t.user_attrs.get("baseline")), None),
+        "importances": importances(study, len(done)),
+    }
+    atomic_write_text(sweep_dir / STUDY_JSON, json.dumps(summary, indent=2) + "\n")
+
+
+def _relative(run_dir: str, sweep_dir: Path) -> str:
+    """A trial's run directory as the sweep folder's subfolder, so the tables move with it."""
+    try:
+        return str(Path(run_dir).resolve().relative_to(sweep_dir.resolve()))
+    except ValueError:
+        return run_dir
+
+
+def describe(d: BaseDistribution) -> str:
+    """A distribution as the report prints it: `log [0.0001, 0.003]`, `{0, 1, 2}`."""
+    if isinstance(d, CategoricalDistribution):
+        return "{" + ", ".join(map(str, d.choices)) + "}"
+    scale = "log " if getattr(d, "log", False) else ""
+    step = f" step {d.step}" if getattr(d, "step", None) not in (None, 1) else ""
+    return f"{scale}[{d.low}, {d.high}]{step}"
+
+
+def importances(study: optuna.Study, completed: int) -> Optional[dict[str, float]]:
+    """PED-ANOVA importances (no scikit-learn needed), once there are trials enough to rank."""
+    if completed < 4:
+        return None
+    try:
+        ranked = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    except (RuntimeError, ValueError):  # too few distinct values to tell the parameters apart
+        return None
+    return {k: round(float(v), 4) for k, v in ranked.items()}
+
+
+def unfinished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Trials asked but never told: a search killed mid-batch leaves them; they are resumed."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+
+
+def trial_overrides(fixed: Iterable[str], params: dict[str, Any],
+                    trial_id: Optional[int] = None) -> list[str]:
+    """One trial's job: the fixed overrides, its sampled values, and (a Hydra override, so not
+    part of the run's name) the trial id its epochs report to."""
+    job = [*fixed, *(f"{k}={override_value(v)}" for k, v in params.items())]
+    return job if trial_id is None else [*job, f"+hydra.job.env_set.{TRIAL_ENV}={trial_id}"]

@@ -1,0 +1,130 @@
+"""Hyper-parameter search (hparams_search=..., hydra/sweeper=optuna): a real Optuna study in
+SQLite, trials launched as ordinary runs through Hydra's launchers, judged on validation."""
+
+import csv
+import json
+
+import optuna
+import torch
+
+from conftest import ROOT, metrics, ok, run_dirs, summary, sweeper
+from sweeper.data.sources import ImageSet
+from sweeper.data.split import hold_out
+
+# A small study: each trial is a 2-epoch ViT on 200 synthetic images, 50 held out.
+DATA = ["data=synthetic", "data.n_train=250", "data.n_test=40", "data.val_size=50",
+        "batch_size=50", "patch=8", "model.dim=24", "model.depth=1", "model.mlp_ratio=1"]
+
+
+def search(tmp_path, *args, n_trials=3, name="s"):
+    return sweeper("hparams_search=vit", *DATA, "epochs=2", f"hydra.sweep.dir={tmp_path / name}",
+                   f"hydra.sweeper.n_trials={n_trials}", *args, "-m")
+
+
+def trials(folder):
+    with open(folder / "study.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_preset_composes_a_search_judged_on_validation():
+    hydra_cfg = ok(sweeper("hparams_search=vit", "--cfg", "hydra")).stdout
+    assert "_target_: hydra_plugins.sweeper_search.OptunaSweeper" in hydra_cfg
+    assert "lr: tag(log, interval(1e-4, 3e-3))" in hydra_cfg
+    assert "dir: outputs/hparams_search/vit" in hydra_cfg
+    assert "val_size: 5000" in ok(sweeper("hparams_search=vit", "--cfg", "job")).stdout
+
+
+def test_validation_images_are_held_out_stratified_and_disjoint():
+    y = torch.arange(10).repeat_interleave(30)  # 30 images per class
+    x = torch.arange(300).view(300, 1, 1, 1)  # each image's pixel is its id
+    images = ImageSet(x, y, x[:5], y[:5], [str(c) for c in range(10)])
+    split = hold_out(images, 50, seed=0)
+
+    def ids(t):
+        return set(t.flatten().tolist())
+
+    assert len(split.x_val) == 50 and len(split.x_train) == 250
+    assert not ids(split.x_val) & ids(split.x_train)
+    assert ids(split.x_val) | ids(split.x_train) == set(range(300))
+    assert torch.bincount(split.y_val).tolist() == [5] * 10  # one sixth of every class
+    assert hold_out(images, 0, seed=0) is images
+    assert torch.equal(hold_out(images, 50, seed=0).y_val, split.y_val)  # deterministic
+
+
+def test_a_search_without_validation_images_is_refused(tmp_path):
+    proc = sweeper("hparams_search=vit", *DATA, "data.val_size=0", f"hydra.sweep.dir={tmp_path}", "-m")
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "data.val_size=0" in err[0] and "validation" in err[0], proc.stderr
+    assert not (tmp_path / "study.db").exists() and not run_dirs(tmp_path)
+
+
+def test_a_study_completes_resumes_and_is_reported(tmp_path):
+    folder = tmp_path / "s"
+    ok(search(tmp_path))
+    rows = trials(folder)
+    assert [r["state"] for r in rows] == ["complete"] * 3
+    for r in rows:  # the objective is validation; test is recorded beside it
+        run = folder / r["run_dir"]
+        assert float(r["val_acc"]) == summary(run)["final_val_acc"]
+        assert float(r["test_acc"]) == summary(run)["final_test_acc"]
+        assert {"val_loss", "val_acc"} <= set(metrics(run)[0])
+    assert len({r["lr"] for r in rows}) == 3 and (folder / "study.db").is_file()
+
+    # The same command again: the study is done, nothing is launched or repeated.
+    again = ok(search(tmp_path))
+    assert "Launching" not in again.stdout and len(trials(folder)) == 3
+
+    # A search killed after asking for a trial: the rerun runs that trial, with its values.
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{folder / 'study.db'}")
+    space = {k: optuna.distributions.json_to_distribution(v)
+             for k, v in study.user_attrs["space"].items()}
+    asked = study.ask(space)
+    proc = ok(search(tmp_path, n_trials=4))
+    assert "resuming 1 unfinished trial" in proc.stdout
+    rows = trials(folder)
+    assert [r["state"] for r in rows] == ["complete"] * 4 and len(run_dirs(folder)) == 4
+    assert float(rows[3]["lr"]) == asked.params["lr"]
+
+    # Another search space under the same study is refused, naming what changed.
+    proc = search(tmp_path, "lr=tag(log, interval(1e-3, 1e-2))", n_trials=5)
+    assert proc.returncode == 2 and "differs in lr" in proc.stderr, proc.stderr
+    assert len(trials(folder)) == 4
+
+    out = tmp_path / "report"
+    ok_report = __import__("subprocess").run(
+        [__import__("sys").executable, "-m", "analysis.report", str(folder), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True)
+    assert ok_report.returncode == 0, ok_report.stderr
+    md = (out / "report.md").read_text()
+    assert "## Hyper-parameter study" in md and "never used to choose" in md
+    best = json.loads((folder / "study.json").read_text())["best"]
+    assert f"Best: trial {best['trial']}, validation {100 * best['val_acc']:.2f} %" in md
+    assert md.count("| complete |") == 4 and (out / "study_s_history.png").is_file()
+    assert "No runs outside the studies" in md  # trials are not reported twice
+
+
+def test_trials_run_through_the_joblib_launcher(tmp_path):
+    ok(search(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"))
+    assert [r["state"] for r in trials(tmp_path / "s")] == ["complete"] * 3
+
+
+def test_diverged_trials_fail_and_the_study_goes_on(tmp_path):
+    proc = ok(search(tmp_path, "lr=choice(1e12)", n_trials=2))
+    rows = trials(tmp_path / "s")
+    assert [(r["state"], r["status"]) for r in rows] == [("fail", "diverged")] * 2, proc.stdout
+    assert json.loads((tmp_path / "s" / "study.json").read_text())["best"] is None
+
+
+def test_the_median_pruner_stops_a_hopeless_trial(tmp_path):
+    proc = ok(search(tmp_path, "lr=choice(3e-3, 1e-9)",
+                     "hydra.sweeper.sampler=random", "hydra.sweeper.n_jobs=1",
+                     "hydra.sweeper.pruner_startup_trials=1", "hydra.sweeper.pruner_warmup_epochs=0",
+                     "epochs=3", n_trials=4))
+    rows = trials(tmp_path / "s")
+    first_good = next(i for i, r in enumerate(rows) if float(r["lr"]) == 3e-3)
+    hopeless = [r for r in rows[first_good + 1:] if float(r["lr"]) == 1e-9]
+    assert hopeless and all(r["state"] == "pruned" for r in hopeless), proc.stdout
+    for r in hopeless:
+        run = tmp_path / "s" / r["run_dir"]
+        assert summary(run)["status"] == "pruned" and len(metrics(run)) < 3
