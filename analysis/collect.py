@@ -23,7 +23,7 @@ METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "tes
 VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")
 # Keys that name where or how a run ran, not what it measured: never a "setting".
 NOT_SETTINGS = {"device", "compile", "eval_batch_size", "data.root", "data.cache_dir", "task.name",
-                "resume", "checkpoint_every"}
+                "resume", "checkpoint_every", "logger"}
 
 
 @dataclass

@@ -8,6 +8,7 @@ wrong type fails while Hydra composes the config. `validate` then checks what a 
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -126,6 +127,7 @@ class Config:
     compile: bool = False
     resume: bool = True
     checkpoint_every: float = 60.0
+    logger: str = "csv"  # csv (metrics.csv, always written) | tensorboard (also event files)
 
 
 @dataclass
@@ -149,6 +151,7 @@ class Settings:
     compile: bool
     resume: bool
     checkpoint_every: float
+    logger: str
 
 
 _SCHEMAS = {
@@ -283,6 +286,11 @@ def validate(cfg: DictConfig) -> Settings:
         raise _allowed("label_smoothing", plain["label_smoothing"], "a number in [0, 1)")
     if plain["device"] not in ("auto", "cpu", "cuda"):
         raise _allowed("device", plain["device"], "auto, cpu or cuda")
+    if plain["logger"] not in ("csv", "tensorboard"):
+        raise _allowed("logger", plain["logger"], "csv or tensorboard")
+    if plain["logger"] == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("logger=tensorboard needs TensorBoard, which is not installed: "
+                          "pip install -e \".[tensorboard]\"")
     if plain["precision"] not in ("auto", "bf16", "fp32"):
         raise _allowed("precision", plain["precision"], "auto, bf16 or fp32")
 

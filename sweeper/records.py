@@ -128,6 +128,26 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
                       json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n")
 
 
+class Board:
+    """`logger=tensorboard`: each epoch's row also goes to TensorBoard event files in
+    RUN_DIR/tensorboard (`tensorboard --logdir outputs/` follows a sweep live); metrics.csv
+    stays the record."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def write(self, row: dict[str, Any]) -> None:
+        for key in COLUMNS[2:] + VAL_COLUMNS:
+            if key in row:
+                self.writer.add_scalar(f"{row['phase']}/{key}", row[key], int(row["epoch"]))
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def console_line(row: dict[str, Any]) -> str:
     """The report's own format, so the two logs read side by side; other phases are named."""
     phase = "" if row["phase"] == "train" else f"[{row['phase']}] "

@@ -122,8 +122,12 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
           f"parameters: {base['params']:,}",
           flush=True)
 
+    board = records.Board(run_dir) if s.logger == "tensorboard" else None
+
     def log(row: dict[str, Any]) -> None:
         print(records.console_line(row), flush=True)
+        if board is not None:
+            board.write(row)
         summarise(run_dir, base, "running", prior_seconds + time.time() - started)
 
     summarise(run_dir, base, "running", prior_seconds)
@@ -136,6 +140,9 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
               f"batch_size={s.batch_size} with hydra.launcher.n_jobs={n_jobs or 1} run(s) per "
               f"device: rerun with a smaller batch_size (or fewer n_jobs); this run is recorded "
               f"as oom and the rest of the sweep goes on", file=sys.stderr, flush=True)
+    finally:
+        if board is not None:
+            board.close()
     if outcome.status == "complete":
         insight.write(run_dir, phases[-1].model.encoder, on_device, trainer.confusions)
     if s.compile:

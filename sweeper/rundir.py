@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweeper.atomic import atomic_write_text
 
 # Keys that change where or how a run is kept, never what it computes.
-NOT_RESULTS = ("resume", "data.cache_dir", "checkpoint_every")
+NOT_RESULTS = ("resume", "data.cache_dir", "checkpoint_every", "logger")
 PATH_KEYS = ("data.root", "task.encoder")
 # Keys added after runs were made, at the value that trains as those runs did: a stored config
 # without the key compares equal to this value.

@@ -5,6 +5,7 @@ import csv
 import json
 
 import optuna
+import pytest
 import torch
 
 from conftest import ROOT, metrics, ok, run_dirs, summary, sweeper
@@ -128,3 +129,21 @@ def test_the_median_pruner_stops_a_hopeless_trial(tmp_path):
     for r in hopeless:
         run = tmp_path / "s" / r["run_dir"]
         assert summary(run)["status"] == "pruned" and len(metrics(run)) < 3
+
+
+def test_tensorboard_logs_the_same_rows_and_changes_nothing_else(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tiny = [*DATA, "epochs=2"]
+    ok(sweeper(*tiny, f"hydra.sweep.dir={tmp_path / 'plain'}", "-m"))
+    ok(sweeper(*tiny, "logger=tensorboard", f"hydra.sweep.dir={tmp_path / 'board'}", "-m"))
+    plain, board = run_dirs(tmp_path / "plain")[0], run_dirs(tmp_path / "board")[0]
+    assert plain.name == board.name  # where the rows also go is not part of a run's name
+    rows = metrics(board)
+    assert [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rows] \
+        == [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k}
+            for r in metrics(plain)]
+    events = EventAccumulator(str(board / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/val_acc")]
+    assert logged == [(int(r["epoch"]), pytest.approx(float(r["val_acc"]))) for r in rows]

@@ -125,9 +125,12 @@ class OptunaSweeper(Sweeper):
             results = self.launcher.launch(jobs, initial_job_idx=job_idx)
             job_idx += len(batch)
             returns.append(results)
-            for trial, result in zip(batch, results):
-                self._tell(search, study, trial, result)
+            told = [self._tell(search, study, trial, result) for trial, result in zip(batch, results)]
             search.write_tables(study, sweep_dir, self.metric)
+            if not any(told):  # pre-empted, or held by another search: asking more would not end
+                print(f"study {study.study_name}: no trial of this batch finished; rerun the "
+                      f"command to resume them", flush=True)
+                break
         best = study.best_trial if search.finished(study) and any(
             t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) else None
         if best is not None:
@@ -135,16 +138,18 @@ class OptunaSweeper(Sweeper):
                   f"{best.params} ({sweep_dir / search.STUDY_CSV})", flush=True)
         return returns
 
-    def _tell(self, search: Any, study: Any, trial: Any, result: Any) -> None:
+    def _tell(self, search: Any, study: Any, trial: Any, result: Any) -> bool:
+        """Tell the study how the trial's run ended; False if it has not ended."""
         run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
         error = str(result._return_value) if result.status == JobStatus.FAILED else None
         told = search.outcome(run_dir, error)
         if told is None:
             print(f"trial {trial.number}: not finished ({run_dir}); a rerun resumes it", flush=True)
-            return
+            return False
         state, value, attrs = told
         for key, v in attrs.items():
             trial.set_user_attr(key, v)
         study.tell(trial, value, state=state)
         shown = f"val acc {value:.4f}" if value is not None else attrs["status"]
         print(f"trial {trial.number}: {shown} | {trial.params}", flush=True)
+        return True
