@@ -9,6 +9,8 @@ never a test one: a trial's test accuracy is only recorded beside it.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -202,15 +204,16 @@ def write_tables(study: optuna.Study, sweep_dir: Path, metric: str) -> None:
     parameters' importances) beside the trials: what `analysis.report` reads."""
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     params = sorted({k for t in trials for k in t.params})
-    header = ["trial", "state", "val_acc", "test_acc", "status", "seconds", *params, "run_dir"]
-    lines = [",".join(header)]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["trial", "state", "val_acc", "test_acc", "status", "seconds", *params, "run_dir"])
     for t in trials:
         a = t.user_attrs
-        cells = [t.number, t.state.name.lower(), t.value, a.get("test_acc"), a.get("status", ""),
-                 a.get("seconds"), *(t.params.get(k) for k in params),
-                 _relative(a.get("run_dir", ""), sweep_dir)]
-        lines.append(",".join("" if c is None else str(c) for c in cells))
-    atomic_write_text(sweep_dir / STUDY_CSV, "\n".join(lines) + "\n")
+        writer.writerow(["" if c is None else c for c in (
+            t.number, t.state.name.lower(), t.value, a.get("test_acc"), a.get("status", ""),
+            a.get("seconds"), *(t.params.get(k) for k in params),
+            _relative(a.get("run_dir", ""), sweep_dir))])
+    atomic_write_text(sweep_dir / STUDY_CSV, out.getvalue())
 
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     best = max(done, key=lambda t: t.value) if done else None
