@@ -86,8 +86,11 @@ def _mode(runs: pd.DataFrame, key: str) -> Any:
     return runs[key].astype(str).mode().iloc[0]
 
 
+UNUSED_BY_VIT_GRID = ("pretrain_epochs",)  # read by rotation tasks only: never a ViT setting
+
+
 def _grid_tables(col: Collection, runs: pd.DataFrame, reference: bool) -> list[Table]:
-    varying = _varying(runs, col.settings)
+    varying = [k for k in _varying(runs, col.settings) if k not in UNUSED_BY_VIT_GRID]
     if not varying:
         return [_table("ViT runs", runs, [], col, reference)]
     tables = []
@@ -108,6 +111,11 @@ def _grid_tables(col: Collection, runs: pd.DataFrame, reference: bool) -> list[T
         if held:
             title += " (" + label({k: _mode(runs, k) for k in held}) + ")"
         tables.append(_table(title, chosen, keys, col, reference))
+    placed = set().union(*(set(t.runs["run"]) for t in tables)) if tables else set()
+    left = runs[~runs["run"].isin(placed)]
+    if len(left):  # runs that differ from the rest in more than one family: shown, never dropped
+        tables.append(_table("Runs outside the families above", left,
+                             varying, col, reference))
     return tables
 
 

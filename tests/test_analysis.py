@@ -133,3 +133,15 @@ def test_a_tie_is_called_a_tie(tmp_path):
     fake_run(tmp_path, "b", [0.6, 0.7], patch=16)
     (table,) = build_tables(collect(tmp_path))
     assert "tie on final test accuracy (70.00 %): no winner" in table.verdict
+
+
+def test_a_run_that_fits_no_family_is_shown_not_dropped(tmp_path):
+    fake_run(tmp_path, "first", [0.5, 0.6])
+    fake_run(tmp_path, "first_s1", [0.5, 0.62], seed=1)
+    fake_run(tmp_path, "cls5", [0.5, 0.61], cls_layer=5)
+    fake_run(tmp_path, "last_short", [0.1], cls_layer="last", epochs=1)  # two keys differ
+    tables = build_tables(collect(tmp_path))
+    shown = [set(t.runs["run"]) for t in tables]
+    assert set().union(*shown) == {"first", "first_s1", "cls5", "last_short"}
+    outside = next(t for t in tables if t.title == "Runs outside the families above")
+    assert list(outside.stats["label"]) == ["cls_layer=last, epochs=1"]
