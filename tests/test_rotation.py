@@ -20,6 +20,7 @@ def settings(task, **data) -> Settings:
         data=SyntheticData(n_train=100, n_test=20, **data), epochs=1, pretrain_epochs=1, batch_size=16,
         eval_batch_size=50, lr=1e-3, weight_decay=0.05, warmup_epochs=0, label_smoothing=0.0,
         seed=0, device="cpu", precision="fp32", compile=False, resume=True, checkpoint_every=0,
+        logger="csv",
     )
 
 
