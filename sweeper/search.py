@@ -95,10 +95,11 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     raise SearchError(f"hydra.sweeper.sampler={name!r} is not allowed: tpe or random")
 
 
-def open_study(name: str, url: str, direction: str, sampler: optuna.samplers.BaseSampler,
+def open_study(name: str, url: str, sampler: optuna.samplers.BaseSampler,
                pruner: optuna.pruners.BasePruner) -> optuna.Study:
+    """The study (made, or reopened when it exists): it maximises validation accuracy."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=name, storage=_storage(url), direction=direction,
+    return optuna.create_study(study_name=name, storage=_storage(url), direction="maximize",
                                sampler=sampler, pruner=pruner, load_if_exists=True)
 
 
@@ -199,9 +200,10 @@ def override_value(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def write_tables(study: optuna.Study, sweep_dir: Path, metric: str) -> None:
+def write_tables(study: optuna.Study, sweep_dir: Path) -> dict[str, Any]:
     """study.csv (a row per trial) and study.json (the study, its best trial and the
-    parameters' importances) beside the trials: what `analysis.report` reads."""
+    parameters' importances) beside the trials: what `analysis.report` reads. Returns the
+    study.json content."""
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     params = sorted({k for t in trials for k in t.params})
     out = io.StringIO()
@@ -219,8 +221,8 @@ def write_tables(study: optuna.Study, sweep_dir: Path, metric: str) -> None:
     best = max(done, key=lambda t: t.value) if done else None
     summary = {
         "study": study.study_name,
-        "direction": study.direction.name.lower(),
-        "metric": metric,
+        "direction": "maximize",
+        "metric": "val_acc",
         "space": {k: describe(optuna.distributions.json_to_distribution(v))
                   for k, v in (study.user_attrs.get("space") or {}).items()},
         "fixed": study.user_attrs.get("fixed"),
@@ -235,6 +237,7 @@ def write_tables(study: optuna.Study, sweep_dir: Path, metric: str) -> None:
         "importances": importances(study, len(done)),
     }
     atomic_write_text(sweep_dir / STUDY_JSON, json.dumps(summary, indent=2) + "\n")
+    return summary
 
 
 def _relative(run_dir: str, sweep_dir: Path) -> str:
@@ -268,7 +271,7 @@ def importances(study: optuna.Study, completed: int) -> Optional[dict[str, float
 
 def unfinished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials asked but never told: a search killed mid-batch leaves them; they are resumed."""
-    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
 def finished(study: optuna.Study) -> int:

@@ -31,11 +31,11 @@ def _fail(message: str) -> None:
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, n_trials: int, n_jobs: int, direction: str, metric: str,
-                 study_name: Optional[str], storage: Optional[str], sampler: str, seed: int,
+    def __init__(self, n_trials: int, n_jobs: int, study_name: Optional[str],
+                 storage: Optional[str], sampler: str, seed: int,
                  pruner: str, pruner_startup_trials: int, pruner_warmup_epochs: int,
                  baseline: bool = True, params: Optional[dict[str, str]] = None) -> None:
-        self.n_trials, self.n_jobs, self.direction, self.metric = n_trials, n_jobs, direction, metric
+        self.n_trials, self.n_jobs = n_trials, n_jobs
         self.study_name, self.storage = study_name, storage
         self.sampler, self.seed = sampler, seed
         self.pruner = (pruner, pruner_startup_trials, pruner_warmup_epochs)
@@ -78,9 +78,6 @@ class OptunaSweeper(Sweeper):
         """Before any trial: the objective exists, and one point of the space makes a valid run."""
         from sweeper.preflight import invalid_jobs
 
-        if self.metric != "val_acc":
-            raise search.SearchError(f"hydra.sweeper.metric={self.metric!r} is not allowed: "
-                                     f"val_acc (a search is judged on held-out images, never test)")
         if not space:
             raise search.SearchError("nothing to search: give ranges in hydra.sweeper.params or "
                                      "on the command line, e.g. lr='tag(log, interval(1e-4, 3e-3))'")
@@ -106,7 +103,7 @@ class OptunaSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         study = search.open_study(
             self.study_name or sweep_dir.name, search.storage_url(self.storage, sweep_dir),
-            self.direction, search.make_sampler(self.sampler, self.seed),
+            search.make_sampler(self.sampler, self.seed),
             search.make_pruner(*self.pruner))
         search.check_same_command(study, space, fixed)
         if self.baseline and not study.get_trials(deepcopy=False):
@@ -114,7 +111,7 @@ class OptunaSweeper(Sweeper):
         resumed = [optuna.trial.Trial(study, t._trial_id) for t in search.unfinished(study)]
         if resumed:
             print(f"study {study.study_name}: resuming {len(resumed)} unfinished trial(s)", flush=True)
-        job_idx, returns = 0, []
+        job_idx, returns, best = 0, [], None
         while True:
             batch, resumed = resumed[:self.n_jobs], resumed[self.n_jobs:]
             room = self.n_trials - search.finished(study) - len(batch) - len(resumed)
@@ -126,16 +123,14 @@ class OptunaSweeper(Sweeper):
             job_idx += len(batch)
             returns.append(results)
             told = [self._tell(search, study, trial, result) for trial, result in zip(batch, results)]
-            search.write_tables(study, sweep_dir, self.metric)
+            best = search.write_tables(study, sweep_dir)["best"]
             if not any(told):  # pre-empted, or held by another search: asking more would not end
                 print(f"study {study.study_name}: no trial of this batch finished; rerun the "
                       f"command to resume them", flush=True)
                 break
-        best = study.best_trial if search.finished(study) and any(
-            t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False)) else None
         if best is not None:
-            print(f"study {study.study_name}: best trial {best.number}, val acc {best.value:.4f}, "
-                  f"{best.params} ({sweep_dir / search.STUDY_CSV})", flush=True)
+            print(f"study {study.study_name}: best trial {best['trial']}, val acc "
+                  f"{best['val_acc']:.4f}, {best['params']} ({sweep_dir / search.STUDY_CSV})", flush=True)
         return returns
 
     def _tell(self, search: Any, study: Any, trial: Any, result: Any) -> bool:
