@@ -18,8 +18,9 @@ DATA = ["data=synthetic", "data.n_train=250", "data.n_test=40", "data.val_size=5
 
 
 def search(tmp_path, *args, n_trials=3, name="s"):
+    """A study without pruning unless `args` ask for it: only the pruner's test depends on it."""
     return sweeper("hparams_search=vit", *DATA, "epochs=2", f"hydra.sweep.dir={tmp_path / name}",
-                   f"hydra.sweeper.n_trials={n_trials}", *args, "-m")
+                   f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.pruner=none", *args, "-m")
 
 
 def trials(folder):
