@@ -67,11 +67,19 @@ class Preemption:
     @classmethod
     def hand_off(cls) -> None:
         """Give each caught signal to the earlier Python handler, if there was one. Call once
-        the run's files are written: submitit's requeues the job and exits the process."""
-        for signum in dict.fromkeys(cls.caught):
-            previous = cls.previous.get(signum)
-            if callable(previous):
-                previous(signum, None)
+        the run's files are written: submitit's requeues the job and exits the process. A stop
+        signal arriving meanwhile is ignored (the run is already saved): SLURM's own time-limit
+        warning, which may come up to a minute early, would otherwise re-enter submitit's
+        handler mid-dump and fail it."""
+        ignored = {s: signal.signal(s, signal.SIG_IGN) for s in cls.previous}
+        try:
+            for signum in dict.fromkeys(cls.caught):
+                previous = cls.previous.get(signum)
+                if callable(previous):
+                    previous(signum, None)
+        finally:
+            for s, h in ignored.items():
+                signal.signal(s, h)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from hydra import compose, initialize_config_dir
 from conftest import ROOT, TINY, metrics, ok, run_dirs, summary, sweeper
 from sweeper.config import register_configs, validate
 from sweeper.lock import run_lock
+from sweeper.train import Preemption
 
 # Long enough (about a second per epoch) to be interrupted mid-run.
 SLOW = [a for a in TINY if not a.startswith(("data.n_train", "epochs", "model.dim"))] + [
@@ -79,6 +80,26 @@ def test_sigterm_mid_epoch_checkpoints_exits_cleanly_and_resumes(tmp_path, unint
     assert state["position"]["epoch"] == 1 and state["position"]["step"] >= 0
     ok(sweeper(*SLOW, f"hydra.run.dir={run_dir}"))
     assert scores(run_dir) == uninterrupted
+
+
+def test_a_second_stop_signal_during_the_hand_off_is_ignored():
+    """The run caught one signal and saved itself; the earlier handler (submitit's, which dumps
+    the job and requeues it) runs once even if another signal lands while it works."""
+    calls = []
+
+    def earlier(signum, frame):
+        calls.append(signum)
+        os.kill(os.getpid(), signal.SIGUSR2)  # e.g. SLURM's own warning, mid-dump
+
+    old = signal.signal(signal.SIGUSR2, earlier)
+    try:
+        with Preemption.watch():
+            os.kill(os.getpid(), signal.SIGUSR2)
+        Preemption.hand_off()
+        assert signal.getsignal(signal.SIGUSR2) is earlier  # handed back afterwards
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert calls == [signal.SIGUSR2]
 
 
 def test_truncated_checkpoint_is_moved_aside_and_the_run_completes(tmp_path, uninterrupted):

@@ -78,9 +78,19 @@ def state(env: dict, job: str) -> str:
 
 def requeued_now(env: dict, job: str) -> None:
     """Wait for the requeued job to pend, then let it start now: SLURM holds a requeued job
-    for about two minutes, which is the scheduler's, not the run's, time."""
+    for about two minutes, which is the scheduler's, not the run's, time. The release is sent
+    until the job leaves PENDING: one sent while the old attempt is still completing can be
+    overwritten by the requeue's own hold."""
     wait_for(lambda: "PENDING" in state(env, job), "requeue")
-    command(env, "scontrol", "update", f"JobId={job}", "StartTime=now")
+
+    def released() -> bool:
+        if "PENDING" not in state(env, job):
+            return True
+        command(env, "scontrol", "update", f"JobId={job}", "StartTime=now")
+        time.sleep(2)
+        return False
+
+    wait_for(released, "the requeued job to start")
 
 
 def interrupted_mid_run(env, tmp_path, *extra: str) -> tuple[subprocess.Popen, Path, str]:
@@ -130,9 +140,11 @@ def test_preemption_and_a_lock_left_on_another_node_by_the_same_job(slurm, tmp_p
 
 
 def test_max_num_timeout_ends_the_run_with_a_clear_status(slurm, tmp_path):
-    # timeout_min=2: submitit counts any USR2 as a time-out; one requeue is allowed.
+    # timeout_min=10: submitit counts any USR2 as a time-out (its "guaranteed" walltime is
+    # min(0.8 * limit, limit - 10 min) = 0), and SLURM's own warning, which may come a minute
+    # early, stays minutes away; one requeue is allowed.
     proc, run_dir, job = interrupted_mid_run(
-        slurm, tmp_path, "epochs=40", "hydra.launcher.timeout_min=2",
+        slurm, tmp_path, "epochs=40", "hydra.launcher.timeout_min=10",
         "hydra.launcher.max_num_timeout=1", "hydra.launcher.signal_delay_s=10")
     command(slurm, "scancel", "--signal=USR2", job)
     wait_for(lambda: summary(run_dir)["status"] == "preempted", "the first time-out")
