@@ -152,7 +152,7 @@ def _write(root: Path, col: Collection, tables: list[Table], studies: list[study
         sections.append(Section("Skipped", "\n".join(f"- {p}" for p in col.problems)))
 
     intro = (f"{len(col.runs)} runs; statuses: "
-             + ", ".join(f"{s} {n}" for s, n in col.runs["status"].value_counts().items())
+             + ", ".join(f"{s} {n}" for s, n in col.runs["status"].value_counts().items()) + "."
              if not col.runs.empty else "No runs outside the studies.")
     if studies:
         intro += (f" {len(studies)} hyper-parameter "
