@@ -120,7 +120,8 @@ def test_diverged_trials_fail_and_the_study_goes_on(tmp_path):
 
 def test_the_median_pruner_stops_a_hopeless_trial(tmp_path):
     proc = ok(search(tmp_path, "lr=choice(3e-3, 1e-9)",
-                     "hydra.sweeper.sampler=random", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner=median",
+                     "hydra.sweeper.pruner=median", "hydra.sweeper.sampler=random",
+                     "hydra.sweeper.n_jobs=1",
                      "hydra.sweeper.pruner_startup_trials=1", "hydra.sweeper.pruner_warmup_epochs=0",
                      "epochs=3", n_trials=4))
     rows = trials(tmp_path / "s")

@@ -79,8 +79,8 @@ def state(env: dict, job: str) -> str:
 def requeued_now(env: dict, job: str) -> None:
     """Wait for the requeued job to pend, then let it start now: SLURM holds a requeued job
     for about two minutes, which is the scheduler's, not the run's, time. The release is sent
-    until the job leaves PENDING: one sent while the old attempt is still completing can be
-    overwritten by the requeue's own hold."""
+    again every 2 s until the job leaves PENDING, so one the scheduler does not act on costs
+    seconds, not the hold."""
     wait_for(lambda: "PENDING" in state(env, job), "requeue")
 
     def released() -> bool:
