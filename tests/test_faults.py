@@ -202,12 +202,22 @@ def test_every_assignment_cell_composes_and_validates(cell):
     assert (s.model.name == "resnet18") == (cell in ("rotation_finetune", "rotation_probe", "scratch"))
 
 
+@pytest.mark.parametrize("cell", sorted(p.stem for p in (ROOT / "conf" / "cpu_reference").glob("*.yaml")))
+def test_every_cpu_reference_cell_composes_and_validates(cell):
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"+cpu_reference={cell}"])
+    s = validate(cfg)
+    assert (s.model.name == "resnet18") == cell.startswith("partA_")
+
+
 @pytest.mark.parametrize("preset,sweeps", [
     ("patch", {"patch": "4,8,16", "overlap": "none,half"}),
     ("heads", {"heads": "4,6,8,10,12"}),
     ("cls_layer", {"cls_layer": "first,last"}),
     ("rotation", {"task": "rotation_pretrain,rotation_probe,scratch"}),
     ("assignment", {"+cell": "glob(*)"}),
+    ("cpu_reference", {"+cpu_reference": "glob(*)"}),
 ])
 def test_presets_define_the_reports_sweeps(preset, sweeps):
     register_configs()
