@@ -24,6 +24,7 @@ FAMILIES = [
     ("CLS token layer", ["cls_layer"]),
 ]
 PART_A = ("rotation_pretrain", "rotation_probe", "finetune", "scratch")
+PRETEXT_TASKS = ("rotation_pretrain", "rotation_probe")  # the part-A tasks that read pretrain_epochs
 # (column, heading, True when larger is better)
 METRICS = [
     ("final_test_acc", "final test acc", True),
@@ -45,7 +46,8 @@ class Table:
 
 
 def label(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items()) or "all runs"
+    """`k=v, ...` over the keys a run has: a setting it never read is left out, not `k=nan`."""
+    return ", ".join(f"{k}={v}" for k, v in values.items() if not pd.isna(v)) or "all runs"
 
 
 def _variant(config: dict[str, Any]) -> str:
@@ -69,6 +71,8 @@ def build_tables(col: Collection, reference: bool = False) -> list[Table]:
     part_a = runs[runs["task"].isin(PART_A)].copy()
     if len(part_a):
         part_a["variant"] = [_variant(col.configs.get(r, {})) for r in part_a["run"]]
+        if "pretrain_epochs" in part_a:  # a baseline's config still holds the default: not its budget
+            part_a.loc[~part_a["task"].isin(PRETEXT_TASKS), "pretrain_epochs"] = math.nan
         others = [k for k in _varying(part_a, col.settings) if not k.startswith("task.")]
         tables.append(_table("Part A: rotation pre-training vs baselines", part_a,
                              ["variant", *others], col, False))
@@ -79,7 +83,7 @@ def build_tables(col: Collection, reference: bool = False) -> list[Table]:
 
 
 def _varying(runs: pd.DataFrame, settings: list[str]) -> list[str]:
-    return [k for k in settings if k in runs and runs[k].astype(str).nunique() > 1]
+    return [k for k in settings if k in runs and runs[k].dropna().astype(str).nunique() > 1]
 
 
 def _mode(runs: pd.DataFrame, key: str) -> Any:
