@@ -119,7 +119,7 @@ def _grid_tables(col: Collection, runs: pd.DataFrame, reference: bool) -> list[T
     left = runs[~runs["run"].isin(placed)]
     if len(left):  # runs that differ from the rest in more than one family: shown, never dropped
         tables.append(_table("Runs outside the families above", left,
-                             varying, col, reference))
+                             varying, col, reference, controlled=False))
     return tables
 
 
@@ -133,9 +133,10 @@ def progress(run: pd.Series) -> str:
 
 
 def _table(title: str, runs: pd.DataFrame, keys: list[str], col: Collection,
-           reference: bool) -> Table:
+           reference: bool, controlled: bool = True) -> Table:
     """Figures are means over the setting's complete runs only: a run still going, killed or
-    diverged shows its progress in the status column, never a "final" number."""
+    diverged shows its progress in the status column, never a "final" number. Settings that
+    differ in more than one family's keys (`controlled=False`) are listed, never ranked."""
     runs = runs.copy()
     runs["label"] = [label({k: r[k] for k in keys}) for _, r in runs.iterrows()]
     rows = []
@@ -156,7 +157,8 @@ def _table(title: str, runs: pd.DataFrame, keys: list[str], col: Collection,
         rows.append(row)
     stats = pd.DataFrame(rows)
     stats = stats.sort_values("final_test_acc_mean", ascending=False, na_position="last")
-    return Table(title, keys, stats.reset_index(drop=True), _verdict(stats), runs)
+    verdict = _verdict(stats) if controlled else UNCONTROLLED
+    return Table(title, keys, stats.reset_index(drop=True), verdict, runs)
 
 
 def reference_curve(config: dict[str, Any]) -> Optional[pd.DataFrame]:
@@ -170,6 +172,10 @@ def reference_curve(config: dict[str, Any]) -> Optional[pd.DataFrame]:
     for column in ("epoch", "train_acc", "test_acc", "train_loss", "test_loss"):
         curve[column] = pd.to_numeric(curve[column])
     return curve
+
+
+UNCONTROLLED = ("These runs differ from the families above, and from each other, in more than "
+                "one setting: no winner is named.")
 
 
 def _verdict(stats: pd.DataFrame) -> str:

@@ -153,8 +153,11 @@ def test_a_run_that_fits_no_family_is_shown_not_dropped(tmp_path):
     fake_run(tmp_path, "first_s1", [0.5, 0.62], seed=1)
     fake_run(tmp_path, "cls5", [0.5, 0.61], cls_layer=5)
     fake_run(tmp_path, "last_short", [0.1], cls_layer="last", epochs=1)  # two keys differ
+    fake_run(tmp_path, "p8_short", [0.4, 0.55], patch=8, epochs=2)  # two others differ
     tables = build_tables(collect(tmp_path))
     shown = [set(t.runs["run"]) for t in tables]
-    assert set().union(*shown) == {"first", "first_s1", "cls5", "last_short"}
+    assert set().union(*shown) == {"first", "first_s1", "cls5", "last_short", "p8_short"}
     outside = next(t for t in tables if t.title == "Runs outside the families above")
-    assert list(outside.stats["label"]) == ["cls_layer=last, epochs=1"]
+    assert list(outside.stats["label"]) == ["cls_layer=first, epochs=2, patch=8",
+                                            "cls_layer=last, epochs=1, patch=4"]
+    assert "no winner is named" in outside.verdict  # they differ in several settings at once
