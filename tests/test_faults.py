@@ -193,22 +193,15 @@ def test_full_disk_is_a_clear_message_and_written_files_stay_valid(tmp_path, mon
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["position"]["epoch"] == 1
 
 
-@pytest.mark.parametrize("cell", sorted(p.stem for p in (ROOT / "conf" / "cell").glob("*.yaml")))
-def test_every_assignment_cell_composes_and_validates(cell):
+@pytest.mark.parametrize("group,cell", [(group, p.stem) for group in ("cell", "cpu_reference")
+                                        for p in sorted((ROOT / "conf" / group).glob("*.yaml"))])
+def test_every_preset_cell_composes_and_validates(group, cell):
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"+cell={cell}"])
+        cfg = compose("config", overrides=[f"+{group}={cell}"])
     s = validate(cfg)
-    assert (s.model.name == "resnet18") == (cell in ("rotation_finetune", "rotation_probe", "scratch"))
-
-
-@pytest.mark.parametrize("cell", sorted(p.stem for p in (ROOT / "conf" / "cpu_reference").glob("*.yaml")))
-def test_every_cpu_reference_cell_composes_and_validates(cell):
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"+cpu_reference={cell}"])
-    s = validate(cfg)
-    assert (s.model.name == "resnet18") == cell.startswith("partA_")
+    resnet = cell in ("rotation_finetune", "rotation_probe", "scratch") or cell.startswith("partA_")
+    assert (s.model.name == "resnet18") == resnet
 
 
 @pytest.mark.parametrize("preset,sweeps", [
