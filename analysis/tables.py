@@ -47,7 +47,8 @@ class Table:
 
 def label(values: dict[str, Any]) -> str:
     """`k=v, ...` over the keys a run has: a setting it never read is left out, not `k=nan`."""
-    return ", ".join(f"{k}={v}" for k, v in values.items() if not pd.isna(v)) or "all runs"
+    unset = [k for k, v in values.items() if v is None or (isinstance(v, float) and math.isnan(v))]
+    return ", ".join(f"{k}={v}" for k, v in values.items() if k not in unset) or "all runs"
 
 
 def _variant(config: dict[str, Any]) -> str:
