@@ -24,7 +24,7 @@ FAMILIES = [
     ("CLS token layer", ["cls_layer"]),
 ]
 PART_A = ("rotation_pretrain", "rotation_probe", "finetune", "scratch")
-PRETEXT_TASKS = ("rotation_pretrain", "rotation_probe")  # the part-A tasks that read pretrain_epochs
+PRETEXT_TASKS = ("rotation_pretrain", "rotation_probe")  # the only tasks that read pretrain_epochs
 # (column, heading, True when larger is better)
 METRICS = [
     ("final_test_acc", "final test acc", True),
@@ -47,8 +47,11 @@ class Table:
 
 def label(values: dict[str, Any]) -> str:
     """`k=v, ...` over the keys a run has: a setting it never read is left out, not `k=nan`."""
-    unset = [k for k, v in values.items() if v is None or (isinstance(v, float) and math.isnan(v))]
-    return ", ".join(f"{k}={v}" for k, v in values.items() if k not in unset) or "all runs"
+    return ", ".join(f"{k}={v}" for k, v in values.items() if not _unset(v)) or "all runs"
+
+
+def _unset(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _variant(config: dict[str, Any]) -> str:
@@ -62,9 +65,11 @@ def _variant(config: dict[str, Any]) -> str:
 
 
 def build_tables(col: Collection, reference: bool = False) -> list[Table]:
-    runs = col.runs
+    runs = col.runs.copy()
     if runs.empty:
         return []
+    if "pretrain_epochs" in runs:  # every config holds the default; only a pretext reads it
+        runs.loc[~runs["task"].isin(PRETEXT_TASKS), "pretrain_epochs"] = math.nan
     tables = []
     vit = runs[runs["task"] == "classify"]
     if len(vit):
@@ -72,8 +77,6 @@ def build_tables(col: Collection, reference: bool = False) -> list[Table]:
     part_a = runs[runs["task"].isin(PART_A)].copy()
     if len(part_a):
         part_a["variant"] = [_variant(col.configs.get(r, {})) for r in part_a["run"]]
-        if "pretrain_epochs" in part_a:  # a baseline's config still holds the default: not its budget
-            part_a.loc[~part_a["task"].isin(PRETEXT_TASKS), "pretrain_epochs"] = math.nan
         others = [k for k in _varying(part_a, col.settings) if not k.startswith("task.")]
         tables.append(_table("Part A: rotation pre-training vs baselines", part_a,
                              ["variant", *others], col, False))
@@ -91,11 +94,8 @@ def _mode(runs: pd.DataFrame, key: str) -> Any:
     return runs[key].astype(str).mode().iloc[0]
 
 
-UNUSED_BY_VIT_GRID = ("pretrain_epochs",)  # read by rotation tasks only: never a ViT setting
-
-
 def _grid_tables(col: Collection, runs: pd.DataFrame, reference: bool) -> list[Table]:
-    varying = [k for k in _varying(runs, col.settings) if k not in UNUSED_BY_VIT_GRID]
+    varying = _varying(runs, col.settings)
     if not varying:
         return [_table("ViT runs", runs, [], col, reference)]
     tables = []

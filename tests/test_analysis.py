@@ -89,13 +89,16 @@ def test_seeds_aggregate_and_families_do_not_mix_tasks(tree):
     assert "inside the seed-to-seed spread" in heads.verdict  # 0.72 ± 0.02 vs 0.71
 
 
-def test_part_a_labels_show_pretext_epochs_only_where_a_pretext_ran(tmp_path):
+def test_labels_show_pretext_epochs_only_where_a_pretext_ran(tmp_path):
     fake_run(tmp_path, "scratch", [0.3, 0.5], task__name="scratch", model__name="resnet18",
              pretrain_epochs=50)
     for epochs in (2, 5):
         fake_run(tmp_path, f"rot-{epochs}", [0.5, 0.6], task__name="rotation_pretrain",
                  model__name="resnet18", pretrain_epochs=epochs)
-    [part_a] = build_tables(collect(tmp_path))
+    for epochs in (1, 9):  # a ViT classifier never reads it: no family, no label
+        fake_run(tmp_path, f"vit-{epochs}", [0.5, 0.6], pretrain_epochs=epochs)
+    vit, part_a = build_tables(collect(tmp_path))
+    assert vit.title == "ViT runs" and set(vit.stats["label"]) == {"all runs"}
     assert set(part_a.stats["label"]) == {
         "variant=rotation pre-training, fine-tuned, pretrain_epochs=2",
         "variant=rotation pre-training, fine-tuned, pretrain_epochs=5",
