@@ -61,3 +61,21 @@ def run_dirs(root: Path) -> list[Path]:
 @pytest.fixture
 def tiny() -> list[str]:
     return list(TINY)
+
+
+# Long enough (about a second per epoch) to be interrupted mid-run.
+SLOW = [a for a in TINY if not a.startswith(("data.n_train", "epochs", "model.dim"))] + [
+    "data.n_train=1000", "epochs=3", "model.dim=48", "checkpoint_every=0"]
+SCORES = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+
+
+def scores(run_dir: Path) -> list[list[str]]:
+    return [[r[k] for k in SCORES] for r in metrics(run_dir)]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory) -> list[list[str]]:
+    """The scores of SLOW run once without interruption: what every resumed run must match."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    ok(sweeper(*SLOW, f"hydra.run.dir={run_dir}"))
+    return scores(run_dir)

@@ -13,27 +13,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, TINY, metrics, ok, run_dirs, summary, sweeper
+from conftest import ROOT, SLOW, TINY, metrics, ok, run_dirs, scores, summary, sweeper
 from sweeper.config import register_configs, validate
 from sweeper.lock import run_lock
 from sweeper.train import Preemption
-
-# Long enough (about a second per epoch) to be interrupted mid-run.
-SLOW = [a for a in TINY if not a.startswith(("data.n_train", "epochs", "model.dim"))] + [
-    "data.n_train=1000", "epochs=3", "model.dim=48", "checkpoint_every=0"]
-SCORES = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
-
-
-def scores(run_dir: Path) -> list[list[str]]:
-    return [[r[k] for k in SCORES] for r in metrics(run_dir)]
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> list[list[str]]:
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    ok(sweeper(*SLOW, f"hydra.run.dir={run_dir}"))
-    return scores(run_dir)
-
 
 def start_and_signal(run_dir: Path, sig: int, extra: tuple = ()) -> subprocess.Popen:
     """Start a slow run and send it `sig` once its first checkpoint is on disk (a checkpoint

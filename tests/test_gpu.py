@@ -6,8 +6,8 @@ import signal
 import pytest
 import torch
 
-from conftest import TINY, metrics, ok, summary, sweeper
-from test_faults import SLOW, scores, start_and_signal
+from conftest import SLOW, TINY, metrics, ok, scores, summary, sweeper
+from test_faults import start_and_signal
 from sweeper.data.batches import Batches
 from sweeper.train import native_bf16, resolve_precision
 

@@ -7,8 +7,8 @@ import signal
 import torch
 import yaml
 
-from conftest import TINY, metrics, ok, summary, sweeper
-from test_faults import SLOW, scores, start_and_signal, uninterrupted  # noqa: F401 (fixture)
+from conftest import SLOW, TINY, metrics, ok, scores, summary, sweeper
+from test_faults import start_and_signal
 from test_hostile import _execute_in_process, one_line_error
 from sweeper import checkpoint
 from sweeper.data.batches import Batches

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, ok, run_dirs, summary, sweeper
+from conftest import ROOT, SLOW, TINY, ok, run_dirs, scores, summary, sweeper
 from test_analysis import report
-from test_faults import SLOW, scores
 
 pytestmark = [
     pytest.mark.slurm,
