@@ -191,13 +191,18 @@ def _verdict(stats: pd.DataFrame) -> str:
     text = (f"{best['label']} wins on final test accuracy: {100 * best['final_test_acc_mean']:.2f} % "
             f"against {100 * second['final_test_acc_mean']:.2f} % for {second['label']} "
             f"(+{gap:.2f} points).")
-    spreads = [s for s in (best["final_test_acc_std"], second["final_test_acc_std"]) if not math.isnan(s)]
-    if not spreads:
+    pair = [best, second]
+    measured = [r for r in pair if not math.isnan(r["final_test_acc_std"])]
+    if not measured:
         return text + " One seed per setting: no seed-to-seed spread to judge the gap by."
-    spread = 100 * max(spreads)
+    widest = max(measured, key=lambda r: r["final_test_acc_std"])
+    spread = 100 * widest["final_test_acc_std"]
+    # how many seeds the spread rests on, so a reader can weigh a std of two runs accordingly
+    basis = f"std up to {spread:.2f} points, over {int(widest['final_test_acc_n'])} seeds"
+    basis += "".join(f"; {r['label']} has one seed" for r in pair if r["final_test_acc_n"] == 1)
     if gap <= spread:
-        return text + f" The gap is inside the seed-to-seed spread (std up to {spread:.2f} points): not a reliable win."
-    return text + f" The gap exceeds the seed-to-seed spread (std up to {spread:.2f} points)."
+        return text + f" The gap is inside the seed-to-seed spread ({basis}): not a reliable win."
+    return text + f" The gap exceeds the seed-to-seed spread ({basis})."
 
 
 def _cell(mean: float, std: float, n: int, percent: bool) -> str:

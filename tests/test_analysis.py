@@ -87,6 +87,8 @@ def test_seeds_aggregate_and_families_do_not_mix_tasks(tree):
                                     "variant=from scratch on B"}
     heads = tables["Attention heads"]
     assert "inside the seed-to-seed spread" in heads.verdict  # 0.72 ± 0.02 vs 0.71
+    # the verdict says what its spread rests on: 3 seeds on one side, a single run on the other
+    assert "(std up to 2.00 points, over 3 seeds; heads=8 has one seed)" in heads.verdict
 
 
 def test_labels_show_pretext_epochs_only_where_a_pretext_ran(tmp_path):
