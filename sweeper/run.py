@@ -37,18 +37,19 @@ def run(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
     """Train one validated configuration in Hydra's output dir; returns the final test accuracy.
     `cfg` and `overrides` are stored with the run; `n_jobs` (the launcher's) is named when
     the device runs out of memory; `judge` may stop it after an epoch (a search's pruner)."""
-    summary = execute(s, run_dir, cfg, overrides, n_jobs=n_jobs, judge=judge)
-    if summary.get("status") == "preempted":
-        try:
-            Preemption.hand_off()  # under submitit: its handler requeues the job and exits
-        except Exception as err:  # it would not requeue (submitit: timed out too many times)
-            summary.update(status="timeout", detail={**summary.get("detail", {}), "reason": str(err)})
-            records.write_summary(run_dir, summary)
-            print(f"error: {run_dir} stopped at its time limit and was not requeued ({err}); "
-                  f"rerun the same command to resume it", file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
-        print("pre-empted: rerun the same command to resume", flush=True)
-        raise SystemExit(0)  # stop the whole sweep here: the signal was meant for this process
+    with Preemption.watch():  # from before training until the hand-off: no signal slips between
+        summary = execute(s, run_dir, cfg, overrides, n_jobs=n_jobs, judge=judge)
+        if summary.get("status") == "preempted":
+            try:
+                Preemption.hand_off()  # under submitit: its handler requeues the job and exits
+            except Exception as err:  # it would not requeue (submitit: timed out too many times)
+                summary.update(status="timeout", detail={**summary.get("detail", {}), "reason": str(err)})
+                records.write_summary(run_dir, summary)
+                print(f"error: {run_dir} stopped at its time limit and was not requeued ({err}); "
+                      f"rerun the same command to resume it", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
+            print("pre-empted: rerun the same command to resume", flush=True)
+            raise SystemExit(0)  # stop the whole sweep here: the signal was meant for this process
     if summary.get("status") == "oom":
         raise SystemExit(1)
     return summary.get("final_test_acc") or 0.0

@@ -43,10 +43,17 @@ class Preemption:
 
     caught: list[int] = []
     previous: dict[int, Any] = {}
+    watching = False
 
     @classmethod
     @contextmanager
     def watch(cls) -> Iterator[None]:
+        """Catch stop signals inside the block. Nested, the outer block keeps watching: the run
+        watches until its files are written and handed off, so a signal landing just after the
+        training loop (submitit sends TERM, then USR2) is caught too, not handled mid-write."""
+        if cls.watching:
+            yield
+            return
         cls.caught = []
 
         def handler(signum: int, frame: Any) -> None:
@@ -58,9 +65,11 @@ class Preemption:
             cls.previous = {}
             yield
             return
+        cls.watching = True
         try:
             yield
         finally:
+            cls.watching = False
             for s, h in cls.previous.items():
                 signal.signal(s, h)
 

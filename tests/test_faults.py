@@ -209,3 +209,44 @@ def test_rotation_preset_with_seeds_runs_every_arm(tmp_path):
     assert len(dirs) == 6
     kinds = sorted(summary(d)["task"] for d in dirs)
     assert kinds == ["rotation_pretrain"] * 2 + ["rotation_probe"] * 2 + ["scratch"] * 2
+
+
+def test_submitits_handler_runs_only_after_the_run_says_preempted(tmp_path, monkeypatch):
+    # submitit's interrupt sends TERM, then USR2 a moment later: the second may land after the
+    # training loop stopped but before the run's files are written. Its handler (requeue, exit)
+    # must still run only once the summary says "preempted".
+    from sweeper import run as run_module
+    from sweeper import train
+
+    seen = []
+
+    def submitit_usr2(signum, frame):  # stands in for submitit's checkpoint-and-requeue
+        seen.append(json.loads((tmp_path / "run" / "summary.json").read_text())["status"])
+        raise SystemExit(-1)
+
+    real_step, real_fit = train.train_step, train.Trainer.fit
+    steps = []
+
+    def step_then_term(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_step(*args, **kwargs)
+
+    def fit_then_usr2(self, phases):
+        outcome = real_fit(self, phases)
+        os.kill(os.getpid(), signal.SIGUSR2)  # after the loop, before the summary is written
+        return outcome
+
+    monkeypatch.setattr(train, "train_step", step_then_term)
+    monkeypatch.setattr(train.Trainer, "fit", fit_then_usr2)
+    previous = signal.signal(signal.SIGUSR2, submitit_usr2)
+    try:
+        register_configs()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[*TINY, "epochs=2"])
+        with pytest.raises(SystemExit):
+            run_module.run(validate(cfg), tmp_path / "run", cfg, [*TINY, "epochs=2"])
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert seen == ["preempted"]
