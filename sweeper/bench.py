@@ -9,7 +9,9 @@
         training throughput (forward + backward + AdamW step, after warm-up, median of W timed
         windows of S steps) of our models, interleaved with the references: timm's
         VisionTransformer of the identical shape, and the tutorial input pipeline (torchvision
-        dataset of PIL images, RandomCrop + flip + ToTensor + Normalize, DataLoader workers).
+        dataset of PIL images, RandomCrop + flip + ToTensor + Normalize, DataLoader workers);
+        and the ViT's two attention paths (written out, scaled_dot_product_attention) against
+        each other at patch 4, 4 and 12 heads, in fp32 and bf16, whatever --precision says.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from sweeper.config import (
 )
 from sweeper.data.batches import MEAN, STD, Batches
 from sweeper.models import Classifier
+from sweeper.models.vit import Attention, ViT, written_out_attention
 from sweeper.reference import seed_rows, vit_curve
 from sweeper.rundir import run_name
 from sweeper.run import describe, execute, pick_device
@@ -141,6 +144,19 @@ def _step_fn(model: nn.Module, batch: Callable[[], tuple[torch.Tensor, torch.Ten
     return step
 
 
+def _with_attention(model: nn.Module, path: str) -> nn.Module:
+    """The model with every attention block fixed on one path ("written" or "sdpa")."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            m.path = path
+    return model
+
+
+def _rule_writes_out(device: torch.device, precision: str) -> bool:
+    with autocast_for(device, precision):
+        return written_out_attention(torch.empty(0, device=device))
+
+
 def _timm_vit(cfg: ViTConfig) -> nn.Module | None:
     """timm's VisionTransformer with our shape (non-overlapping patches only), or None."""
     try:
@@ -195,7 +211,6 @@ def _progress(row: tuple[str, float, float | None, str]) -> None:
 def speed(args: argparse.Namespace) -> int:
     from sweeper.data.sources import synthetic
     from sweeper.models.resnet import ResNet18
-    from sweeper.models.vit import ViT
 
     device = pick_device(args.device)
     precision = resolve_precision(device, args.precision)
@@ -223,6 +238,17 @@ def speed(args: argparse.Namespace) -> int:
             what = "timm VisionTransformer, same shape" if ref else "none: timm has no overlapping patches"
             rows.append((f"ViT patch {patch}, overlap {overlap}: train step", rate["ours"],
                          rate.get("timm"), what))
+            _progress(rows[-1])
+    for heads in (4, 12):
+        for path_precision in dict.fromkeys(resolve_precision(device, p) for p in ("fp32", "bf16")):
+            fns = {path: _step_fn(_with_attention(Classifier(ViT(ViTConfig(heads=heads)), 10), path),
+                                  lambda: fixed, device, path_precision)
+                   for path in ("written", "sdpa")}
+            rate = _interleaved(fns, bs, args.windows, args.steps, device)
+            chosen = "written-out" if _rule_writes_out(device, path_precision) else "SDPA"
+            rows.append((f"attention written out, ViT patch 4, {heads} heads, {path_precision}",
+                         rate["written"], rate["sdpa"],
+                         f"scaled_dot_product_attention; the model takes {chosen} here"))
             _progress(rows[-1])
     for stem in ("cifar", "imagenet"):
         resnet = _step_fn(Classifier(ResNet18(stem), 10), lambda: fixed, device, precision)

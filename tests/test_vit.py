@@ -1,11 +1,13 @@
 """The ViT follows the report's steps: patch vectors, one shared dense layer, CLS placement."""
 
+import contextlib
+
 import pytest
 import torch
 
 from sweeper.config import ViTConfig
 from sweeper.models import Classifier, build_encoder
-from sweeper.models.vit import PatchEmbedding
+from sweeper.models.vit import Attention, PatchEmbedding
 
 
 @pytest.mark.parametrize("patch,stride", [(4, 4), (8, 8), (16, 16), (4, 2), (8, 4), (16, 8)])
@@ -45,3 +47,45 @@ def test_cls_last_never_sees_the_image():
 def test_cls_joining_before_a_block_sees_the_image(cls_layer):
     logits = _logits(cls_layer)
     assert not torch.allclose(logits[0], logits[1])
+
+
+def _both_paths(cfg: ViTConfig, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = Classifier(build_encoder(cfg), 10)
+    x = torch.randn(4, 3, 32, 32)
+    out = {}
+    for path in ("written", "sdpa"):
+        for m in model.modules():
+            if isinstance(m, Attention):
+                m.path = path
+        with autocast:
+            out[path] = model(x).float()
+    return out["written"], out["sdpa"]
+
+
+SHAPES = [dict(patch=p, overlap=o, heads=h, cls_layer=c)
+          for p, o in [(4, "none"), (8, "none"), (16, "none"), (4, "half"), (8, "half"), (16, "half")]
+          for h, c in [(4, "first"), (12, "last"), (6, 2)]]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda d: "-".join(map(str, d.values())))
+def test_the_two_attention_paths_give_the_same_logits(shape):
+    cfg = ViTConfig(dim=48, depth=3, **shape)
+    written, sdpa = _both_paths(cfg, contextlib.nullcontext())
+    torch.testing.assert_close(written, sdpa, rtol=1e-5, atol=1e-5)  # fp32: float error only
+    written, sdpa = _both_paths(cfg, torch.autocast("cpu", dtype=torch.bfloat16))
+    torch.testing.assert_close(written, sdpa, rtol=0.05, atol=0.05)  # bf16: its 8-bit mantissa
+
+
+def test_cpu_bf16_autocast_takes_the_written_out_path_and_fp32_takes_sdpa(monkeypatch):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or sdpa(*a, **k))
+    model = Classifier(build_encoder(ViTConfig(dim=24, depth=2)), 10)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert calls == []
+    model(x)
+    assert len(calls) == 2  # one per block

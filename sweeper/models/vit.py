@@ -12,6 +12,8 @@ last block, where it never attends to a patch).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +42,8 @@ class PatchEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
+    path: Optional[str] = None  # None: `written_out_attention` decides; "sdpa" | "written": fixed
+
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
@@ -52,13 +56,30 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
-        y = F.scaled_dot_product_attention(*self._qkv(x))
+        q, k, v = self._qkv(x)
+        written = written_out_attention(x) if self.path is None else self.path == "written"
+        y = _softmax_attention(q, k) @ v if written else F.scaled_dot_product_attention(q, k, v)
         return self.out(y.transpose(1, 2).reshape(n, t, d))
 
     def weights(self, x: torch.Tensor) -> torch.Tensor:
         """(N, heads, T, T): softmax(q k^T / sqrt(d_head)), what `forward` attends with."""
         q, k, _ = self._qkv(x)
-        return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
+        return _softmax_attention(q, k)
+
+
+def _softmax_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1)
+
+
+def written_out_attention(x: torch.Tensor) -> bool:
+    """The one rule for the attention path: on a CPU under bf16 autocast, softmax(q k^T / sqrt(d)) v
+    written out, whose matmuls take oneDNN's AMX/AVX512-BF16 kernels; PyTorch's CPU flash kernel
+    is slower in bf16 than in fp32 (1.8x slower than the written-out form with 4 heads, 3.0x with
+    12, at patch 4 on a 2-core Xeon with AMX: `python -m sweeper.bench speed` measures both).
+    Everywhere else, scaled_dot_product_attention: flash kernels on CUDA, at par in CPU fp32.
+    `Attention.path` fixes one path instead, for that benchmark."""
+    return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
 class Block(nn.Module):
