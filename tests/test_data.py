@@ -14,6 +14,7 @@ from PIL import Image
 from sweeper.data import sources
 from sweeper.data.batches import Batches, augment
 from sweeper.data.sources import DataError
+from sweeper.data.split import hold_out
 
 
 def write_png(img: torch.Tensor, path: Path) -> None:
@@ -146,3 +147,20 @@ def test_batches_cover_every_image_once_per_epoch():
     assert sorted(seen.tolist()) == list(range(10))
     ordered = [yb.tolist() for _, yb in Batches(x, y, 4)]
     assert ordered == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+@pytest.mark.parametrize("val_size", [1, 5, 15, 1000])
+def test_hold_out_keeps_exactly_the_images_asked_for_stratified(val_size):
+    images = sources.synthetic(2000, 10)
+    held = hold_out(images, val_size, seed=0)
+    assert len(held.y_val) == val_size and len(held.y_train) == 2000 - val_size
+    share = torch.bincount(images.y_train, minlength=10) * val_size / 2000
+    assert (torch.bincount(held.y_val, minlength=10) - share).abs().max() < 1  # stratified
+
+
+def test_a_one_image_validation_split_trains_and_is_evaluated(tmp_path):
+    from conftest import TINY, metrics, ok, sweeper
+
+    ok(sweeper(*TINY, "data.val_size=1", f"hydra.run.dir={tmp_path / 'run'}"))
+    (row,) = metrics(tmp_path / "run")
+    assert float(row["val_acc"]) in (0.0, 1.0)
