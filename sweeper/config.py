@@ -9,6 +9,7 @@ wrong type fails while Hydra composes the config. `validate` then checks what a 
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -37,6 +38,7 @@ class ViTConfig:
     dim: int = 240  # divisible by 4, 6, 8, 10 and 12, so every heads option runs unchanged
     depth: int = 6
     mlp_ratio: float = 2.0
+    drop_path: float = 0.0  # from the top-level key (the recipe's): stochastic depth
 
 
 @dataclass
@@ -99,6 +101,8 @@ class SyntheticData(DataBase):
 
 
 VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")  # top-level keys read by model=vit
+SCHEDULES = ("cosine", "linear")
+AUGMENTS = ("none", "flip", "crop_flip", "strong")
 ModelConfig = Union[ViTConfig, ResNetConfig]
 TaskConfig = Union[ClassifyTask, RotationTask, FinetuneTask, ScratchTask]
 DataConfig = Union[Cifar10Data, FolderData, SyntheticData]
@@ -121,6 +125,14 @@ class Config:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
+    schedule: str = "cosine"  # after the warm-up: cosine | linear decay to zero
+    grad_clip: float = 0.0  # max gradient norm; 0: no clipping
+    augment: str = "crop_flip"  # none | flip | crop_flip | strong
+    erasing: float = 0.0  # probability of random erasing per training image
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing weight; 0: no Mixup
+    cutmix_alpha: float = 0.0  # 0: no CutMix
+    mix_until: float = 1.0  # Mixup/CutMix in this leading fraction of a phase's epochs
+    drop_path: float = 0.0  # stochastic depth of the ViT's last block (linear from 0 at the first)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto | bf16 | fp32
@@ -145,6 +157,14 @@ class Settings:
     weight_decay: float
     warmup_epochs: float
     label_smoothing: float
+    schedule: str
+    grad_clip: float
+    augment: str
+    erasing: float
+    mixup_alpha: float
+    cutmix_alpha: float
+    mix_until: float
+    drop_path: float
     seed: int
     device: str
     precision: str
@@ -215,37 +235,43 @@ def _validate_vit(m: ViTConfig) -> None:
     if m.mlp_ratio <= 0:
         raise _allowed("model.mlp_ratio", m.mlp_ratio, "a positive number")
     cls = m.cls_layer
-    if not (cls in ("first", "last") or (isinstance(cls, int) and 0 <= cls <= m.depth)):
+    if not (cls in ("first", "last")
+            or (isinstance(cls, int) and not isinstance(cls, bool) and 0 <= cls <= m.depth)):
         raise _allowed("cls_layer", cls, f"first, last or a block index from 0 to {m.depth}")
 
 
-INT64 = 2**63  # torch's seeds and sizes are 64-bit: larger integers would overflow
+INT64 = 2**63  # torch's sizes are 64-bit: larger integers would overflow
+SEEDS = 2**32  # torch's CPU generator keeps 32 bits of a seed: 1 and 2**32 + 1 draw alike
 
 
-def _check_ints(node: Any, prefix: str = "") -> None:
-    """Every integer in the config fits in 64 bits (Python's do not need to)."""
+def _check_numbers(node: Any, prefix: str = "") -> None:
+    """Every integer in the config fits in 64 bits (Python's do not need to), and every float
+    is finite (a nan learning rate would train nothing and say nothing)."""
     if isinstance(node, dict):
         for k, v in node.items():
-            _check_ints(v, f"{prefix}{k}.")
+            _check_numbers(v, f"{prefix}{k}.")
     elif isinstance(node, int) and not isinstance(node, bool) and not -INT64 <= node < INT64:
         raise _allowed(prefix[:-1], node, f"an integer from {-INT64} to {INT64 - 1}")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise _allowed(prefix[:-1], node, "a finite number")
 
 
 def validate(cfg: DictConfig) -> Settings:
     """Check the composed config and return typed settings, or raise ConfigError."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    _check_ints(plain)
+    _check_numbers(plain)
     unknown = [k for k in plain if k not in _SCHEMAS and k not in Settings.__dataclass_fields__
                and k not in VIT_SHAPE]
     if unknown:
         raise ConfigError(f"{unknown[0]} is not a key of this config: see `python -m sweeper "
                           f"--help` for the keys and groups")
     if isinstance(plain.get("model"), dict) and plain["model"].get("name") == "vit":
-        given = [k for k in VIT_SHAPE if k in plain["model"]]
+        given = [k for k in (*VIT_SHAPE, "drop_path") if k in plain["model"]]
         if given:
-            raise ConfigError(f"model.{given[0]} is not a key: the ViT's shape is set at the "
-                              f"top level, e.g. {given[0]}={plain['model'][given[0]]}")
-        plain["model"].update({k: plain[k] for k in VIT_SHAPE})
+            what = "stochastic depth is" if given[0] == "drop_path" else "the ViT's shape is"
+            raise ConfigError(f"model.{given[0]} is not a key: {what} set at the top level, "
+                              f"e.g. {given[0]}={plain['model'][given[0]]}")
+        plain["model"].update({k: plain[k] for k in (*VIT_SHAPE, "drop_path")})
     groups = {}
     for group, options in _SCHEMAS.items():
         node = plain.get(group) or {}
@@ -271,11 +297,11 @@ def validate(cfg: DictConfig) -> Settings:
             raise _allowed(key, plain[key], "a positive integer")
     if isinstance(task, RotationTask):
         task.name = "rotation_probe" if task.freeze_encoder else "rotation_pretrain"
-    for key in ("seed", "checkpoint_every"):
-        if plain[key] < 0:
-            raise _allowed(key, plain[key], "zero or more")
-    if data.split_seed < 0:
-        raise _allowed("data.split_seed", data.split_seed, "zero or more")
+    if plain["checkpoint_every"] < 0:
+        raise _allowed("checkpoint_every", plain["checkpoint_every"], "zero or more")
+    for key, seed in (("seed", plain["seed"]), ("data.split_seed", data.split_seed)):
+        if not 0 <= seed < SEEDS:
+            raise _allowed(key, seed, f"an integer from 0 to {SEEDS - 1}")
     if plain["lr"] <= 0:
         raise _allowed("lr", plain["lr"], "a positive learning rate")
     if plain["weight_decay"] < 0:
@@ -284,6 +310,18 @@ def validate(cfg: DictConfig) -> Settings:
         raise _allowed("warmup_epochs", plain["warmup_epochs"], "zero or more")
     if not 0 <= plain["label_smoothing"] < 1:
         raise _allowed("label_smoothing", plain["label_smoothing"], "a number in [0, 1)")
+    if plain["schedule"] not in SCHEDULES:
+        raise _allowed("schedule", plain["schedule"], " or ".join(SCHEDULES))
+    if plain["augment"] not in AUGMENTS:
+        raise _allowed("augment", plain["augment"], ", ".join(AUGMENTS))
+    for key in ("grad_clip", "mixup_alpha", "cutmix_alpha"):
+        if plain[key] < 0:
+            raise _allowed(key, plain[key], "zero (off) or a positive number")
+    for key in ("erasing", "mix_until"):
+        if not 0 <= plain[key] <= 1:
+            raise _allowed(key, plain[key], "a number in [0, 1]")
+    if not 0 <= plain["drop_path"] < 1:
+        raise _allowed("drop_path", plain["drop_path"], "a number in [0, 1)")
     if plain["device"] not in ("auto", "cpu", "cuda"):
         raise _allowed("device", plain["device"], "auto, cpu or cuda")
     if plain["logger"] not in ("csv", "tensorboard"):
@@ -319,7 +357,7 @@ def unused_keys(s: Settings, keys: Iterable[str]) -> list[str]:
     the pretext's budget with a task that has no pretext."""
     ignored = set()
     if not isinstance(s.model, ViTConfig):
-        ignored.update(VIT_SHAPE)
+        ignored.update((*VIT_SHAPE, "drop_path"))
     if not isinstance(s.task, RotationTask):
         ignored.add("pretrain_epochs")
     return [k for k in keys if k in ignored]

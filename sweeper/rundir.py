@@ -26,7 +26,9 @@ NOT_RESULTS = ("resume", "data.cache_dir", "checkpoint_every", "logger")
 PATH_KEYS = ("data.root", "task.encoder")
 # Keys added after runs were made, at the value that trains as those runs did: a stored config
 # without the key compares equal to this value.
-ADDED = {"data.val_size": 0}
+ADDED = {"data.val_size": 0, "schedule": "cosine", "grad_clip": 0.0, "augment": "crop_flip",
+         "erasing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_until": 1.0,
+         "drop_path": 0.0}
 MAX_NAME_BYTES = 200  # file systems allow 255 per path component; leave room for suffixes
 CONFIG_DIR = ".hydra"
 

@@ -19,12 +19,14 @@ from torch import nn
 
 from sweeper import checkpoint, records
 from sweeper.config import Settings
+from sweeper.data.batches import epoch_seed
 from sweeper.tasks import Phase
 
 CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_VERSION = 2
-# SIGTERM: pre-emption; SIGUSR1/SIGUSR2: time-limit warnings (SLURM's --signal, submitit's USR2).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+# SIGTERM: pre-emption; SIGUSR1/SIGUSR2: time-limit warnings (SLURM's --signal, submitit's USR2);
+# SIGINT: Ctrl-C, a stop like the others rather than a traceback and a run left `running`.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 Judge = Callable[[str, dict[str, Any]], bool]  # (phase, epoch's row) -> stop the run here
@@ -84,7 +86,8 @@ class Preemption:
         try:
             for signum in dict.fromkeys(cls.caught):
                 previous = cls.previous.get(signum)
-                if callable(previous):
+                # Python's own Ctrl-C handler would only raise KeyboardInterrupt into this run
+                if callable(previous) and previous is not signal.default_int_handler:
                     previous(signum, None)
         finally:
             for s, h in ignored.items():
@@ -105,12 +108,15 @@ class Position:
     seconds: float = 0.0
 
 
-def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
-    """Linear warm-up to `peak` over `warmup` steps, then cosine decay to zero at `total`."""
+def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str = "cosine") -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then cosine or linear decay to zero at
+    `total`."""
     if step < warmup:
         return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return peak * (1 - progress)
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def make_optimizer(model: nn.Module, s: Settings, device: torch.device) -> torch.optim.AdamW:
@@ -174,14 +180,17 @@ def uses_convolutions(model: nn.Module) -> bool:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor, autocast: AbstractContextManager,
-               label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimiser step; returns the loss and logits, still on the device (no host sync)."""
+               y: torch.Tensor, autocast: AbstractContextManager, label_smoothing: float,
+               grad_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimiser step; returns the loss and logits, still on the device (no host sync).
+    `y` is class indices, or (N, classes) probabilities where Mixup/CutMix mixed the images."""
     with autocast:
         logits = model(x)
     loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip > 0:  # the norm stays on the device: no sync
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
     optimizer.step()
     return loss, logits
 
@@ -308,16 +317,19 @@ class Trainer:
                 return {}, -1, Position(at.phase, at.epoch, step, loss_sum.item(), correct.item(),
                                         seen, at.seconds + time.perf_counter() - start)
             global_step = at.epoch * steps + step
-            lr = lr_at(global_step, total, warmup, s.lr)
+            lr = lr_at(global_step, total, warmup, s.lr, s.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss, logits = train_step(step_model, optimizer, x, y, self.autocast, s.label_smoothing)
+            # The model's own draws (stochastic depth) come from the step: a resumed run repeats them.
+            torch.manual_seed(epoch_seed(s.seed, f"{phase.name}:model", global_step))
+            loss, logits = train_step(step_model, optimizer, x, y, self.autocast, s.label_smoothing,
+                                      s.grad_clip)
             detached = loss.detach()
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(detached), global_step, bad_step)
             loss_sum += detached * len(y)
-            correct += (logits.argmax(1) == y).sum()
+            correct += (logits.argmax(1) == (y.argmax(1) if y.ndim == 2 else y)).sum()
             seen += len(y)
             progress.update(step + 1)
         progress.close()

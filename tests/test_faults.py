@@ -65,6 +65,17 @@ def test_sigterm_mid_epoch_checkpoints_exits_cleanly_and_resumes(tmp_path, unint
     assert scores(run_dir) == uninterrupted
 
 
+def test_ctrl_c_is_a_stop_that_checkpoints_and_resumes(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    proc = start_and_signal(run_dir, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in out, out
+    assert "pre-empted: rerun the same command to resume" in out
+    assert summary(run_dir)["status"] == "preempted"
+    ok(sweeper(*SLOW, f"hydra.run.dir={run_dir}"))
+    assert scores(run_dir) == uninterrupted
+
+
 def test_a_second_stop_signal_during_the_hand_off_is_ignored():
     """The run caught one signal and saved itself; the earlier handler (submitit's, which dumps
     the job and requeues it) runs once even if another signal lands while it works."""

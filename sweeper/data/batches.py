@@ -1,8 +1,9 @@
 """Device-resident batches: the whole split is one uint8 tensor; a batch is an index slice.
 
-Augmentation (random crop with 4 pixels of reflect padding, horizontal flip) and
-normalisation run on the device, vectorised over the batch, so no worker processes are
-needed and the host never touches an image during training.
+Augmentation (random crop with 4 pixels of reflect padding, horizontal flip, and what
+`augment.py` adds for the strong recipe) and normalisation run on the device, vectorised over
+the batch, so no worker processes are needed and the host never touches an image during
+training.
 
 Every random draw of an epoch (the order, each image's crop offsets and flip) is made at the
 epoch's start, at once, by a CPU generator seeded from (seed, stream, epoch), then copied to
@@ -15,8 +16,11 @@ from __future__ import annotations
 import hashlib
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from sweeper.data.augment import Augmentation, draw, erase, mix, trivial_augment
 
 # CIFAR-10's per-channel training-set statistics.
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -76,9 +80,9 @@ class Batches:
     """
 
     def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], batch_size: int,
-                 seed: int = 0, stream: str = "eval") -> None:
+                 seed: int = 0, stream: str = "eval", aug: Augmentation = Augmentation()) -> None:
         self.images, self.labels = images, labels
-        self.batch_size, self.seed, self.stream = batch_size, seed, stream
+        self.batch_size, self.seed, self.stream, self.aug = batch_size, seed, stream, aug
         self.scale, self.shift = normaliser(images.device)
         self.bounds = batch_bounds(len(images), batch_size)
 
@@ -102,12 +106,26 @@ class Batches:
     def epoch(self, epoch: int, start: int = 0) -> Iterator[Batch]:
         """Training batches of `epoch` (0-based) from batch `start` on."""
         n, device = len(self.images), self.images.device
+        aug = self.aug
         g = torch.Generator().manual_seed(epoch_seed(self.seed, self.stream, epoch))
         order = torch.randperm(n, generator=g)
         offsets = torch.randint(0, 2 * PAD + 1, (2, n), generator=g)
         flips = torch.rand(n, generator=g) < 0.5
+        if aug.augment in ("none", "flip"):  # drawn all the same: every stream stays as it was
+            offsets.fill_(PAD)
+        if aug.augment == "none":
+            flips.fill_(False)
         order, offsets, flips = (t.to(device, non_blocking=True) for t in (order, offsets, flips))
-        for lo, hi in self.bounds[start:]:
+        rng = np.random.default_rng(epoch_seed(self.seed, f"{self.stream}:augment", epoch))
+        more = draw(aug, rng, n, len(self.bounds), epoch, device)
+        for b, (lo, hi) in enumerate(self.bounds[start:], start=start):
             idx = order[lo:hi]
             x = augment(self.images[idx], offsets[0, lo:hi], offsets[1, lo:hi], flips[lo:hi])
-            yield self._batch(idx, x)
+            if more.op is not None:
+                x = trivial_augment(x, more.op[lo:hi], more.magnitude[lo:hi], more.sign[lo:hi])
+            x, y = self._batch(idx, x)
+            if more.erase is not None:
+                x = erase(x, more.erase[lo:hi])
+            if more.lam is not None and y is not None:
+                x, y = mix(x, y, aug.classes, float(more.lam[b]), bool(more.cutmix[b]), more.centre[b])
+            yield x, y

@@ -83,18 +83,26 @@ def written_out_attention(x: torch.Tensor) -> bool:
 
 
 class Block(nn.Module):
-    """Pre-norm: x + attention(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm: x + attention(norm(x)), then x + mlp(norm(x)); in training, each branch is
+    dropped for a whole image with probability `drop_path` (stochastic depth)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0) -> None:
         super().__init__()
         hidden = int(dim * mlp_ratio)
         self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = drop_path
+
+    def _drop(self, branch: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.drop_path == 0:
+            return branch
+        keep = torch.rand(len(branch), 1, 1, device=branch.device) >= self.drop_path
+        return branch * keep / (1 - self.drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self._drop(self.attn(self.norm1(x)))
+        return x + self._drop(self.mlp(self.norm2(x)))
 
 
 class ViT(nn.Module):
@@ -103,7 +111,8 @@ class ViT(nn.Module):
         self.embed = PatchEmbedding(cfg.patch, patch_stride(cfg), cfg.dim)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))  # step 4: Z_0
         nn.init.trunc_normal_(self.cls, std=0.02)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]  # 0 first
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.dim)
         self.cls_block = cls_block(cfg)
         self.feature_dim = cfg.dim

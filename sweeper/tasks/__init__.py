@@ -20,6 +20,7 @@ from sweeper.config import (
     ScratchTask,
     Settings,
 )
+from sweeper.data.augment import Augmentation
 from sweeper.data.sources import ImageSet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -44,6 +45,13 @@ class Phase:
     frozen: Optional[nn.Module] = None  # no gradients, eval mode, in this phase (linear probe)
     on_end: Optional[Callable[[Path], None]] = None  # called with the run dir when it completes
     meta: dict = field(default_factory=dict)  # extra summary fields, e.g. which encoder was loaded
+
+
+def augmentation(s: Settings, epochs: int, classes: int = 0) -> Augmentation:
+    """The recipe's augmentation for a training feed of `epochs` epochs; Mixup/CutMix only
+    where the feed has labels of `classes` classes."""
+    return Augmentation(s.augment, s.erasing, s.mixup_alpha, s.cutmix_alpha,
+                        round(s.mix_until * epochs), classes)
 
 
 def require_images(n: int, split: str, keys: str) -> None:

@@ -6,7 +6,7 @@ from sweeper.config import Settings
 from sweeper.data.batches import Batches
 from sweeper.data.sources import ImageSet
 from sweeper.models import Classifier, build_encoder
-from sweeper.tasks import Phase, require_images
+from sweeper.tasks import Phase, augmentation, require_images
 
 
 def phases(s: Settings, images: ImageSet) -> list[Phase]:
@@ -16,7 +16,8 @@ def phases(s: Settings, images: ImageSet) -> list[Phase]:
         Phase(
             name="train",
             model=model,
-            train=Batches(images.x_train, images.y_train, s.batch_size, s.seed, "train"),
+            train=Batches(images.x_train, images.y_train, s.batch_size, s.seed, "train",
+                          augmentation(s, s.epochs, len(images.classes))),
             test=Batches(images.x_test, images.y_test, s.eval_batch_size),
             epochs=s.epochs,
             val=None if images.x_val is None else Batches(images.x_val, images.y_val,

@@ -19,7 +19,7 @@ from sweeper.data.batches import Batches
 from sweeper.data.sources import ImageSet
 from sweeper.data.split import stratified_split
 from sweeper.models import Classifier, build_encoder
-from sweeper.tasks import Batch, Phase, require_images
+from sweeper.tasks import Batch, Phase, augmentation, require_images
 
 ROTATIONS = 4
 ENCODER_FILE = "encoder.pt"
@@ -69,7 +69,8 @@ def pretrain_then_finetune(s: Settings, images: ImageSet) -> list[Phase]:
     pretrain = Phase(
         name="pretrain",
         model=Classifier(encoder, ROTATIONS),
-        train=Rotated(Batches(images.x_train[a], None, per_batch, s.seed, "pretrain")),  # no labels
+        train=Rotated(Batches(images.x_train[a], None, per_batch, s.seed, "pretrain",  # no labels
+                              augmentation(s, s.pretrain_epochs))),
         test=Rotated(Batches(images.x_test, None, eval_batch)),
         epochs=s.pretrain_epochs,
         val=None if images.x_val is None else Rotated(Batches(images.x_val, None, eval_batch)),
@@ -103,7 +104,8 @@ def _on_b(s: Settings, images: ImageSet, b: torch.Tensor, encoder: nn.Module, na
     return Phase(
         name=name,
         model=Classifier(encoder, len(images.classes)),
-        train=Batches(images.x_train[b], images.y_train[b], s.batch_size, s.seed, name),
+        train=Batches(images.x_train[b], images.y_train[b], s.batch_size, s.seed, name,
+                      augmentation(s, s.epochs, len(images.classes))),
         test=Batches(images.x_test, images.y_test, s.eval_batch_size),
         epochs=s.epochs,
         val=None if images.x_val is None else Batches(images.x_val, images.y_val, s.eval_batch_size),
