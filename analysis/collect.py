@@ -16,7 +16,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from sweeper.lock import is_held
-from sweeper.records import phase_results, run_results
+from sweeper.records import METRICS_FILE, phase_results, read_metrics, run_results
 from sweeper.rundir import ADDED, flatten
 
 METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
@@ -84,31 +84,17 @@ def _status(run_dir: Path, summary: dict[str, Any], damaged: bool) -> str:
 
 
 def _metrics(run_dir: Path) -> pd.DataFrame:
-    """The run's epochs; raises ValueError with the reason when the file is unusable. A row
-    that is torn or not numeric makes the whole file unusable: it never enters a mean."""
-    path = run_dir / "metrics.csv"
-    if not path.exists():
-        raise ValueError("no metrics.csv")
-    try:
-        frame = pd.read_csv(path, dtype={"phase": str})
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"unreadable metrics.csv ({type(err).__name__})") from err
-    missing = [c for c in METRIC_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ValueError(f"metrics.csv lacks columns {missing}")
-    if frame.empty:
-        raise ValueError("metrics.csv has no epochs")
-    numeric = [c for c in frame.columns if c != "phase"]
-    values = frame[numeric].apply(pd.to_numeric, errors="coerce")
-    # "nan"/"inf" written by a diverged run are numbers; text that is not a number is damage.
-    damaged = values.isna() & frame[numeric].notna() & ~frame[numeric].astype(str).apply(
-        lambda c: c.str.strip().str.lower().isin(["nan", "inf", "-inf"]))
-    torn = frame[METRIC_COLUMNS].isna().any(axis=1) | damaged.any(axis=1)
-    if torn.any():
-        rows = [int(i) + 2 for i in frame.index[torn]]  # file lines: the header is line 1
-        raise ValueError(f"metrics.csv has a torn or non-numeric row (line {rows[0]})")
-    frame[numeric] = values
-    return frame
+    """The run's epochs, read as the trainer reads them on resume; raises ValueError naming the
+    line when the file is damaged (a repeated, out-of-order or non-numeric row): such a run
+    never enters a mean. A diverged run's nan is a value, not damage."""
+    if not (run_dir / METRICS_FILE).exists():
+        raise ValueError(f"no {METRICS_FILE}")
+    rows, error = read_metrics(run_dir)
+    if error is not None:
+        raise ValueError(str(error))
+    if not rows:
+        raise ValueError(f"{METRICS_FILE} has no epochs")
+    return pd.DataFrame(rows)
 
 
 def planned_epochs(config: dict[str, Any], summary: dict[str, Any]) -> Any:

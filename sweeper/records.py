@@ -10,10 +10,11 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from sweeper.atomic import atomic_write_text
 from sweeper.lock import LOCK_FILE
@@ -49,16 +50,21 @@ def phase_results(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         out[name] = {
             "epochs_done": len(mine),
             "final_test_acc": accs[-1],
-            "best_test_acc": max(accs),
+            "best_test_acc": _best(max, accs),
             "final_test_loss": losses[-1],
-            "best_test_loss": min(losses),
+            "best_test_loss": _best(min, losses),
             "final_train_acc": float(mine[-1]["train_acc"]),
         }
         if "val_acc" in mine[-1]:
             vals = [float(r["val_acc"]) for r in mine]
-            out[name].update(final_val_acc=vals[-1], best_val_acc=max(vals),
+            out[name].update(final_val_acc=vals[-1], best_val_acc=_best(max, vals),
                              final_val_loss=float(mine[-1]["val_loss"]))
     return out
+
+
+def _best(pick: Any, values: list[float]) -> float:
+    """The best of the numbers a diverged run left among its nan/inf, or nan if none is."""
+    return pick((v for v in values if math.isfinite(v)), default=math.nan)
 
 
 def run_results(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -97,20 +103,82 @@ def append_row(run_dir: Path, row: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def read_rows(run_dir: Path) -> list[dict[str, str]]:
-    """The complete rows of metrics.csv: a last line torn by a kill mid-write (no line end, or
-    missing fields) is left out."""
+class RunFileError(ValueError):
+    """A run file that its writer could not have written; the message names the file and line."""
+
+
+# Older runs wrote fewer columns; these are what every metrics.csv has had.
+REQUIRED = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
+
+
+def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], Optional[RunFileError]]:
+    """metrics.csv read strictly: per phase (each phase one block), epochs 1..n in order, every
+    field but `phase` a number; "nan" and "inf" are numbers (a diverged run), not damage. A last
+    line torn by a kill mid-write (no line end) is left out. Returns the rows before the first
+    line the writer could not have written, and that line's error (None when there is none)."""
     path = run_dir / METRICS_FILE
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode()
     except FileNotFoundError:
-        return []
+        return [], None
+    except UnicodeDecodeError:
+        return [], RunFileError(f"{METRICS_FILE} is not text")
     lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines.pop()
-    reader = csv.DictReader(lines)
-    need = columns([dict.fromkeys(reader.fieldnames or [])])
-    return [r for r in reader if all(r.get(k) not in (None, "") for k in need)]
+    if not lines:
+        return [], None
+    try:
+        return _parse(lines)
+    except csv.Error as err:
+        return [], RunFileError(f"{METRICS_FILE} is not a CSV file ({err})")
+
+
+def _parse(lines: list[str]) -> tuple[list[dict[str, Any]], Optional[RunFileError]]:
+    header = next(csv.reader(lines[:1]))
+    known = set(COLUMNS + VAL_COLUMNS)
+    if header[: len(REQUIRED)] != REQUIRED or len(set(header)) < len(header) or not known >= set(header):
+        return [], RunFileError(f"{METRICS_FILE} line 1: not its header ({','.join(header)[:80]})")
+    rows: list[dict[str, Any]] = []
+    done: set[str] = set()
+    for number, fields in enumerate(csv.reader(lines[1:]), start=2):
+        problem = _row_problem(fields, header, rows, done)
+        if problem:
+            return rows, RunFileError(f"{METRICS_FILE} line {number}: {problem}")
+        row: dict[str, Any] = {"phase": fields[0], "epoch": int(fields[1])}
+        row.update((k, float(v)) for k, v in zip(header[2:], fields[2:]))
+        if rows and rows[-1]["phase"] != row["phase"]:
+            done.add(rows[-1]["phase"])
+        rows.append(row)
+    return rows, None
+
+
+NUMBER = re.compile(r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|nan|-?inf")  # as Python writes floats
+EPOCH = re.compile(r"[1-9]\d*")
+
+
+def _row_problem(fields: list[str], header: list[str], rows: list[dict[str, Any]],
+                 done: set[str]) -> Optional[str]:
+    if len(fields) != len(header):
+        return f"{len(fields)} fields where the header has {len(header)}"
+    phase, epoch = fields[0], fields[1]
+    if not phase or phase in done:
+        return f"phase {phase!r} out of place"
+    if not EPOCH.fullmatch(epoch) or not all(NUMBER.fullmatch(v) for v in fields[2:]):
+        return "a field that is not a number"
+    last = rows[-1]["epoch"] if rows and rows[-1]["phase"] == phase else 0
+    if int(epoch) != last + 1:
+        return f"epoch {epoch} of phase {phase!r} where epoch {last + 1} comes next"
+    return None
+
+
+def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of metrics.csv, or RunFileError naming the first line the writer could not
+    have written."""
+    rows, error = read_metrics(run_dir)
+    if error is not None:
+        raise error
+    return rows
 
 
 def write_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:

@@ -135,6 +135,11 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
     trainer = Trainer(s, device, run_dir, log, max_epochs, judge)
     try:
         outcome: Outcome = trainer.fit(phases)
+    except records.RunFileError as err:  # its rows up to the checkpoint cannot be read
+        summarise(run_dir, base, "damaged", prior_seconds, {"reason": str(err)})
+        print(f"error: {run_dir / str(err)}: repair that line, or rerun with resume=false to "
+              f"start afresh (the run's files are kept aside)", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     except torch.OutOfMemoryError:
         outcome = Outcome("oom", {"batch_size": s.batch_size, "n_jobs": n_jobs or 1})
         print(f"error: out of memory on {base['device']} training {s.model.name} at "
@@ -196,7 +201,7 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 def summarise(run_dir: Path, base: dict[str, Any], status: str, seconds: float,
               detail: dict[str, Any] | None = None) -> dict[str, Any]:
     """summary.json from metrics.csv: per phase, and the result phase's figures on top."""
-    phases = records.phase_results(records.read_rows(run_dir))
+    phases = records.phase_results(records.read_metrics(run_dir)[0])
     summary = {"status": status, **base, "wall_seconds": round(seconds, 2),
                **records.run_results(phases), "phases": phases}
     if detail:

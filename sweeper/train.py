@@ -216,7 +216,7 @@ class Trainer:
         at = Position(**state["position"]) if state else Position()
         self.history = list(state.get("history", [])) if state else []
         self.confusions = dict(state.get("confusions", {})) if state else {}
-        self._trim_rows(at, [p.name for p in phases])
+        self._trim_rows(at, phases)
         with Preemption.watch():
             for index in range(at.phase, len(phases)):
                 phase = phases[index]
@@ -229,13 +229,21 @@ class Trainer:
                     phase.on_end(self.run_dir)
         return Outcome("complete")
 
-    def _trim_rows(self, at: Position, names: list[str]) -> None:
+    def _trim_rows(self, at: Position, phases: list[Phase]) -> None:
         """metrics.csv as of the checkpoint: rows logged after it belong to work that will be
-        redone, and a line torn by a kill is dropped."""
+        redone, and a line torn by a kill is dropped. Rows up to the checkpoint that cannot be
+        read are RunFileError: they cannot be trained again without starting afresh."""
         if not (self.run_dir / records.METRICS_FILE).exists():
             return
-        keep = [r for r in records.read_rows(self.run_dir)
-                if (names.index(r["phase"]), int(r["epoch"])) <= (at.phase, at.epoch)]
+        rows, error = records.read_metrics(self.run_dir)
+        names = [p.name for p in phases]
+        keep = [r for r in rows if (names.index(r["phase"]) if r["phase"] in names else len(names),
+                                    r["epoch"]) <= (at.phase, at.epoch)]
+        needed = sum(p.epochs for p in phases[:at.phase]) + at.epoch
+        if len(keep) < needed:
+            raise error or records.RunFileError(
+                f"{records.METRICS_FILE} holds {len(keep)} of the {needed} epochs its checkpoint "
+                f"has trained")
         records.write_rows(self.run_dir, keep)
 
     def _resume(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:

@@ -179,7 +179,7 @@ def test_a_job_failing_at_run_time_does_not_stop_the_sweep(tmp_path):
 
 # ---- wrong numbers in the report -----------------------------------------------------------
 
-def test_runs_without_config_or_with_torn_rows_are_skipped_not_tabled(tmp_path):
+def test_runs_without_config_or_with_damaged_rows_are_skipped_and_a_torn_last_line_is_dropped(tmp_path):
     fake_run(tmp_path, "heads-4", [0.5, 0.6], heads=4)
     fake_run(tmp_path, "heads-6", [0.5, 0.62], heads=6)
     orphan = fake_run(tmp_path, "orphan", [0.9, 0.99], heads=8)
@@ -192,15 +192,16 @@ def test_runs_without_config_or_with_torn_rows_are_skipped_not_tabled(tmp_path):
     text = (garbage / "metrics.csv").read_text().replace(",0.97,", ",oops,")
     (garbage / "metrics.csv").write_text(text)
     col = collect(tmp_path)
-    assert sorted(col.runs["run"]) == ["heads-4", "heads-6"]
+    assert sorted(col.runs["run"]) == ["heads-4", "heads-6", "torn"]
     assert col.settings == ["heads"]  # the orphan does not make every key look varying
-    assert sorted(col.runs["heads"].tolist()) == [4, 6]
+    assert sorted(col.runs["heads"].tolist()) == [4, 6, 10]
+    torn_row = col.runs.set_index("run").loc["torn"]
+    assert torn_row["epochs_done"] == 2 and torn_row["final_test_acc"] == 0.95  # as resume reads it
     (table,) = build_tables(col)
-    assert list(table.stats["label"]) == ["heads=6", "heads=4"]  # ints, not 6.0
+    assert list(table.stats["label"]) == ["heads=10", "heads=6", "heads=4"]  # ints, not 6.0
     problems = " ".join(col.problems)
     assert "orphan: no .hydra/config.yaml" in problems
-    assert "torn: metrics.csv has a torn or non-numeric row (line 4)" in problems
-    assert "garbage: metrics.csv has a torn or non-numeric row (line 3)" in problems
+    assert "garbage: metrics.csv line 3: a field that is not a number; skipped" in problems
 
 
 def test_unfinished_runs_show_progress_and_never_win(tmp_path):
