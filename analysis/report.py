@@ -22,6 +22,7 @@ from analysis.tables import Table, build_tables, markdown, write_runs_csv
 
 REFERENCES = ("seed",)  # the assignment report's numbers, shipped in sweeper/reference/
 MANIFEST = ".report-files"  # what the last report wrote here: the only files it may replace
+WRITTEN = (".md", ".html", ".csv", ".png", ".json")  # the kinds of file a report writes
 
 
 class ReportError(Exception):
@@ -59,9 +60,19 @@ def _previous_files(out: Path) -> set[str]:
     if (out / "metrics.csv").exists() or (out / ".hydra").exists():
         raise ReportError(f"--out {out} is a run directory: choose a folder of its own")
     try:
-        return set((out / MANIFEST).read_text().split())
+        listed = (out / MANIFEST).read_text(errors="replace").split()
     except OSError:
         return set()
+    return {name for name in listed if _ours(out, name)}
+
+
+def _ours(out: Path, name: str) -> bool:
+    """A name the report writes (a bare file name of its kinds), standing in `out` as a regular
+    file or not at all: a tampered list naming ../x, /x, a folder or a link removes nothing."""
+    if Path(name).name != name or name.startswith(".") or not name.endswith(WRITTEN):
+        return False
+    path = out / name
+    return not path.is_symlink() and (path.is_file() or not path.exists())
 
 
 def _install(staging: Path, out: Path, ours: set[str]) -> None:
@@ -226,11 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.root.is_dir():
         return _fail(f"{args.root} is not a directory of runs")
     out = (args.out or args.root / "report").resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         problems = build(args.root, out, args.reference)
     except ReportError as err:
         return _fail(str(err))
+    except OSError as err:  # read-only, under a file, disk full: what was there stays as it was
+        return _fail(f"cannot write the report to {out}: {err.strerror or err}"
+                     f"{f' ({err.filename})' if err.filename else ''}")
     for problem in problems:
         print(f"skipped: {problem}")
     print(f"report written to {out} (report.md, index.html, runs.csv, epochs.csv, PNG plots)")

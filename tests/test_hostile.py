@@ -364,3 +364,48 @@ def test_a_folder_and_its_tarball_give_the_same_order_whatever_the_member_order(
     b = sources.folder(tmp_path / "t.tar.gz", tmp_path / "cache")
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
     assert torch.equal(a.x_test, b.x_test)
+
+
+def test_a_tampered_report_list_removes_nothing_outside_the_reports_own_files(tmp_path):
+    runs = tmp_path / "outputs"
+    fake_run(runs, "multirun/patch-8", [0.4, 0.5], patch=8)
+    out = tmp_path / "site" / "report"
+    assert report(runs, "--out", str(out)).returncode == 0
+    keep = tmp_path / "site" / "keep"
+    keep.mkdir()
+    (keep / "victim.txt").write_text("mine")
+    (out / "notes").mkdir()
+    (out / "notes" / "a.png").write_text("mine")
+    absolute = tmp_path / "absolute.png"
+    absolute.write_text("mine")
+    (out / "link.png").symlink_to(absolute)
+    with open(out / ".report-files", "a") as f:
+        f.write(f"../keep/victim.txt\n{absolute}\nnotes\nlink.png\n..\n.report-files\n")
+    assert report(runs, "--out", str(out)).returncode == 0
+    assert (keep / "victim.txt").read_text() == "mine" and absolute.read_text() == "mine"
+    assert (out / "notes" / "a.png").exists() and (out / "link.png").is_symlink()
+
+
+def test_a_report_that_cannot_be_written_is_one_line_and_leaves_the_old_one(tmp_path, monkeypatch, capsys):
+    from analysis import plots
+    from analysis.report import main
+
+    runs = tmp_path / "outputs"
+    fake_run(runs, "multirun/patch-8", [0.4, 0.5], patch=8)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    one_line_error(report(runs, "--out", str(blocker / "report")), 2, "cannot write the report to")
+    out = tmp_path / "report"
+    assert report(runs, "--out", str(out)).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(plots, "run_times", full_disk)
+    assert main([str(runs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the report to") and "No space left" in err
+    assert err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not list(tmp_path.glob(".report-*"))  # no staging folder left behind
