@@ -409,3 +409,50 @@ def test_a_report_that_cannot_be_written_is_one_line_and_leaves_the_old_one(tmp_
     assert err.count("\n") == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not list(tmp_path.glob(".report-*"))  # no staging folder left behind
+
+
+def _odd_lock(run_dir: Path, kind: str) -> None:
+    path = run_dir / LOCK_FILE
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dangling symlink":
+        path.symlink_to(run_dir / "nowhere")
+    elif kind == "binary":
+        path.write_bytes(b"\xff\xfe\x00garbage\x80")
+    else:  # an absurd pid
+        path.write_text(f"{socket.gethostname()} {kind} -\n")
+
+
+ODD_LOCKS = ["directory", "fifo", "dangling symlink", "binary", "-5", "0", str(10**20)]
+
+
+@pytest.mark.parametrize("kind", ODD_LOCKS)
+def test_an_odd_lock_is_one_line_never_a_hang_and_stale_after_the_expiry(tmp_path, kind, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    _odd_lock(run_dir, kind)
+    start = time.time()
+    with run_lock(run_dir) as held_by:  # fresh: someone may be writing it; the run is skipped
+        assert held_by and "contended" not in held_by
+    assert time.time() - start < 5
+    old = time.time() - EXPIRY_SECONDS - 5
+    os.utime(run_dir / LOCK_FILE, (old, old), follow_symlinks=False)
+    with run_lock(run_dir) as held_by:  # expired: taken over, whatever it was
+        assert held_by is None
+        assert (run_dir / LOCK_FILE).read_text().split()[1] == str(os.getpid())
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "taking over" in x]
+    assert "not refreshed for" in line
+    assert not (run_dir / LOCK_FILE).exists()
+
+
+def test_a_fifo_lock_neither_blocks_the_run_nor_the_report(tmp_path):
+    run_dir = tmp_path / "outputs" / "run"
+    ok(sweeper(*TINY, "epochs=2", f"hydra.run.dir={run_dir}"))
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))  # as if killed
+    os.mkfifo(run_dir / LOCK_FILE)
+    assert report(tmp_path / "outputs", "--out", str(tmp_path / "report")).returncode == 0
+    again = sweeper(*TINY, "epochs=2", f"hydra.run.dir={run_dir}", timeout=120)
+    assert again.returncode == 0
+    assert ".lock is a FIFO, not a lock file: it is taken over once 60 s old: skipped" in again.stdout
