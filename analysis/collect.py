@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from omegaconf import OmegaConf
 
 from sweeper.lock import is_held
 from sweeper.records import METRICS_FILE, phase_results, read_metrics, run_results
-from sweeper.rundir import ADDED, flatten
+from sweeper.rundir import ADDED, load_config_file
 
 METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
 VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")
@@ -51,11 +50,7 @@ def _flat_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / ".hydra" / "config.yaml"
     if not path.exists():
         raise ValueError("no .hydra/config.yaml, so its settings are unknown")
-    try:
-        config = flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
-    except Exception as err:  # any YAML or interpolation error: the run cannot be placed
-        raise ValueError(f"unreadable .hydra/config.yaml ({type(err).__name__})") from None
-    config = {**ADDED, **config}  # keys added since: older runs trained at their neutral value
+    config = {**ADDED, **load_config_file(path)}  # keys added since: older runs trained at their neutral value
     for key in VIT_SHAPE:
         if f"model.{key}" in config:
             config[key] = config.pop(f"model.{key}")

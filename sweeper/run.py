@@ -17,7 +17,7 @@ from sweeper.config import VIT_SHAPE, ConfigError, Settings, unused_keys
 from sweeper.data import sources, split
 from sweeper.lock import LOCK_FILE, run_lock
 from sweeper.records import fail
-from sweeper.rundir import CONFIG_DIR, config_changes, store_config
+from sweeper.rundir import CONFIG_DIR, ConfigFileError, config_changes, store_config
 from sweeper.tasks import Phase, build_phases
 from sweeper.train import (
     Judge, Outcome, Preemption, Trainer, compiled_graphs, configure_backends, precision_warning,
@@ -71,7 +71,13 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
         if not s.resume:
             move_aside(run_dir)
         if cfg is not None:
-            changes = config_changes(run_dir, cfg, unused_keys(s, IGNORABLE))
+            try:
+                changes = config_changes(run_dir, cfg, unused_keys(s, IGNORABLE))
+            except ConfigFileError as err:
+                print(f"error: {run_dir}: {err}: rerun with resume=false to start it afresh (its "
+                      f"files are kept aside), or name another run directory", file=sys.stderr,
+                      flush=True)
+                raise SystemExit(2) from None
             if changes:
                 print(f"error: {run_dir} was trained with another config: {'; '.join(changes)}. "
                       f"Rerun with resume=false to start it afresh (its files are kept aside), "

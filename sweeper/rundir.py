@@ -16,6 +16,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Iterable
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
@@ -74,12 +75,38 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a run's config is a few kB
+
+
+class ConfigFileError(ValueError):
+    """A stored config that a run could not have written: too large, not YAML, or with YAML
+    aliases, which a run never writes and which can expand without bound ("billion laughs")."""
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """A run's `.hydra/config.yaml`, flat and resolved, read within bounds."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigFileError(f"{CONFIG_DIR}/config.yaml is larger than {MAX_CONFIG_BYTES} bytes")
+        text = path.read_bytes().decode()
+        if any(isinstance(e, yaml.AliasEvent) for e in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise ConfigFileError(f"{CONFIG_DIR}/config.yaml has YAML aliases, which no run writes")
+        config = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+    except ConfigFileError:
+        raise
+    except Exception as err:  # not text, not YAML, or an interpolation that does not resolve
+        raise ConfigFileError(f"unreadable {CONFIG_DIR}/config.yaml ({type(err).__name__})") from None
+    if not isinstance(config, dict):
+        raise ConfigFileError(f"{CONFIG_DIR}/config.yaml is not a mapping of keys")
+    return flatten(config)
+
+
 def stored_config(run_dir: Path) -> dict[str, Any] | None:
     """The flat, resolved config the run dir was trained with, or None for a new directory."""
     path = run_dir / CONFIG_DIR / "config.yaml"
     if not path.is_file():
         return None
-    return flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    return load_config_file(path)
 
 
 def config_changes(run_dir: Path, cfg: DictConfig, unused: Iterable[str] = ()) -> list[str]:

@@ -456,3 +456,23 @@ def test_a_fifo_lock_neither_blocks_the_run_nor_the_report(tmp_path):
     again = sweeper(*TINY, "epochs=2", f"hydra.run.dir={run_dir}", timeout=120)
     assert again.returncode == 0
     assert ".lock is a FIFO, not a lock file: it is taken over once 60 s old: skipped" in again.stdout
+
+
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8))
+
+
+def test_a_billion_laughs_config_is_refused_at_once_by_the_report_and_the_run(tmp_path):
+    fake_run(tmp_path / "outputs", "good", [0.5, 0.6], heads=4)
+    bomb = fake_run(tmp_path / "outputs", "bomb", [0.5, 0.9], heads=6)
+    (bomb / ".hydra" / "config.yaml").write_text(LAUGHS)
+    start = time.time()
+    col = collect(tmp_path / "outputs")
+    assert list(col.runs["run"]) == ["good"] and time.time() - start < 10
+    assert "bomb: .hydra/config.yaml has YAML aliases, which no run writes; skipped" in col.problems
+    run_dir = tmp_path / "run"
+    ok(sweeper(*TINY, f"hydra.run.dir={run_dir}", "resume=true"))
+    (run_dir / ".hydra" / "config.yaml").write_text(LAUGHS)
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
+    one_line_error(sweeper(*TINY, f"hydra.run.dir={run_dir}", timeout=60), 2,
+                   "config.yaml has YAML aliases, which no run writes: rerun with resume=false")
