@@ -227,10 +227,14 @@ def console_line(row: dict[str, Any]) -> str:
     )
 
 
-def fail(message: str, run_dir: Path) -> None:
-    """One line on stderr, exit code 2, and no output left behind by this run."""
+def fail(message: str, run_dir: Path, holding_lock: bool = False) -> None:
+    """One line on stderr, exit code 2, and no output left behind by this run. Only the holder
+    of the run's lock removes the config it wrote; any other process removes the directory only
+    when it is empty (Hydra made it for this process): a run of the same command that is
+    loading its data beside this one keeps its folder, config and lock."""
     print(f"error: {message}", file=sys.stderr, flush=True)
-    ours = [p for p in run_dir.iterdir() if p.name not in (".hydra", LOCK_FILE)] if run_dir.is_dir() else []
+    mine = (".hydra", LOCK_FILE) if holding_lock else ()
+    ours = [p for p in run_dir.iterdir() if p.name not in mine] if run_dir.is_dir() else []
     if run_dir.is_dir() and not ours:
         shutil.rmtree(run_dir, ignore_errors=True)
         parent = run_dir.parent

@@ -107,7 +107,7 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
         on_device = images.to(device)
         phases = build_phases(s, on_device)
     except (ConfigError, sources.DataError) as err:
-        fail(str(err), run_dir)
+        fail(str(err), run_dir, holding_lock=True)
     warning = precision_warning(device, s.precision)
     if warning:
         print(warning, flush=True)

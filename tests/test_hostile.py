@@ -476,3 +476,14 @@ def test_a_billion_laughs_config_is_refused_at_once_by_the_report_and_the_run(tm
     (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
     one_line_error(sweeper(*TINY, f"hydra.run.dir={run_dir}", timeout=60), 2,
                    "config.yaml has YAML aliases, which no run writes: rerun with resume=false")
+
+
+def test_an_invalid_rerun_beside_a_running_one_leaves_its_folder_config_and_lock(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("lr: 0.0005\n")  # the first run, loading data
+    (run_dir / LOCK_FILE).write_text(f"{socket.gethostname()} {os.getppid()} -\n")
+    one_line_error(sweeper(*TINY, "lr=-1", f"hydra.run.dir={run_dir}"), 2, "lr=-1.0 is not allowed")
+    assert (run_dir / LOCK_FILE).exists() and (run_dir / ".hydra" / "config.yaml").exists()
+    one_line_error(sweeper(*TINY, "lr=-1", f"hydra.run.dir={tmp_path / 'fresh'}"), 2, "lr=-1.0")
+    assert not (tmp_path / "fresh").exists()  # what this process made alone is removed
