@@ -29,9 +29,15 @@ def load(path: Path, version: int) -> Optional[dict]:
             raise ValueError(f"format {state.get('version')}, not {version}")
         return state
     except Exception as err:
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(path, aside)
-        print(f"warning: checkpoint {path} is unreadable ({type(err).__name__}: "
-              f"{str(err).splitlines()[0][:120] if str(err) else ''}); moved to {aside.name}, "
-              f"starting without it", flush=True)
+        set_aside(path, f"is unreadable ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0][:120] if str(err) else ''})")
         return None
+
+
+def set_aside(path: Path, why: str) -> None:
+    """Rename a checkpoint that cannot be resumed `<name>.corrupt-<time>` (never deleted), and
+    say so in one line."""
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    print(f"warning: checkpoint {path} {why}; moved to {aside.name}, starting without it",
+          flush=True)

@@ -212,7 +212,12 @@ class Trainer:
 
     def fit(self, phases: list[Phase]) -> Outcome:
         """Run the phases in order, resuming from the run dir's checkpoint if there is one."""
-        state = checkpoint.load(self.run_dir / CHECKPOINT_FILE, CHECKPOINT_VERSION)
+        path = self.run_dir / CHECKPOINT_FILE
+        state = checkpoint.load(path, CHECKPOINT_VERSION)
+        misfit = state and _misfit(state, phases)
+        if misfit:
+            checkpoint.set_aside(path, misfit)
+            state = None
         at = Position(**state["position"]) if state else Position()
         self.history = list(state.get("history", [])) if state else []
         self.confusions = dict(state.get("confusions", {})) if state else {}
@@ -381,6 +386,25 @@ class Trainer:
             "confusions": self.confusions,
         }, self.run_dir / CHECKPOINT_FILE)
         self.last_save = time.monotonic()
+
+
+def _misfit(state: dict, phases: list[Phase]) -> Optional[str]:
+    """Why a readable checkpoint is not one of this run's (another model's weights, or a
+    position past the epochs this run plans), or None."""
+    try:
+        at = Position(**state["position"])
+    except (KeyError, TypeError):
+        return "holds no position this trainer writes"
+    planned = phases[at.phase].epochs if 0 <= at.phase < len(phases) else -1
+    if not 0 <= at.epoch <= planned or (at.step > 0 and at.epoch == planned):
+        return (f"stands at epoch {at.epoch} of phase {at.phase}, past what this run plans "
+                f"({', '.join(f'{p.name}: {p.epochs}' for p in phases)} epochs)")
+    ours = phases[at.phase].model.state_dict()
+    theirs = state.get("model", {})
+    for key in sorted(set(ours) | set(theirs)):
+        if key not in ours or key not in theirs or ours[key].shape != theirs[key].shape:
+            return f"holds another model's weights ({key})"
+    return None
 
 
 def compile_model(model: nn.Module) -> nn.Module:

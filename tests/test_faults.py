@@ -261,3 +261,21 @@ def test_submitits_handler_runs_only_after_the_run_says_preempted(tmp_path, monk
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert seen == ["preempted"]
+
+
+@pytest.mark.parametrize("donor,reason", [
+    (["patch=16"], "holds another model's weights"),
+    (["epochs=4"], "stands at epoch 4 of phase 0, past what this run plans (train: 2 epochs)"),
+])
+def test_a_checkpoint_that_is_not_this_runs_is_moved_aside_not_resumed(tmp_path, donor, reason):
+    other, run_dir = tmp_path / "other", tmp_path / "run"
+    ok(sweeper(*TINY, "patch=8", "epochs=2", *donor, f"hydra.run.dir={other}"))
+    ok(sweeper(*TINY, "patch=8", "epochs=2", f"hydra.run.dir={run_dir}"))
+    expected = scores(run_dir)
+    for name in ("checkpoint.pt", "summary.json"):
+        (run_dir / name).write_bytes((other / name).read_bytes())
+    (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
+    again = ok(sweeper(*TINY, "patch=8", "epochs=2", f"hydra.run.dir={run_dir}"))
+    (line,) = [x for x in again.stdout.splitlines() if x.startswith("warning: checkpoint")]
+    assert reason in line and "moved to checkpoint.pt.corrupt-" in line
+    assert scores(run_dir) == expected and summary(run_dir)["epochs_done"] == 2
