@@ -43,12 +43,41 @@ def find(root: Path) -> tuple[list[Study], list[str]]:
         try:
             about = json.loads(path.read_text())
             trials = pd.read_csv(path.parent / STUDY_CSV, dtype={"run_dir": str, "state": str})
+            problem = _shape_problem(about, trials)
         except (OSError, ValueError, pd.errors.ParserError) as err:
-            problems.append(f"{path.parent.relative_to(root)}: study unreadable "
-                            f"({type(err).__name__}); skipped")
+            problem = f"unreadable ({type(err).__name__})"
+        if problem:
+            problems.append(f"{path.parent.relative_to(root)}: study {problem}; skipped")
             continue
         studies.append(Study(path.parent, about, trials))
     return studies, problems
+
+
+TRIAL_COLUMNS = ("trial", "state", "run_dir", "val_acc", "test_acc")
+
+
+def _shape_problem(about: Any, trials: pd.DataFrame) -> Optional[str]:
+    """What in study.json / study.csv is not of the shape the search writes, or None."""
+    if not isinstance(about, dict):
+        return "study.json is not an object"
+    for key, kind in (("space", dict), ("importances", dict), ("trials", dict), ("fixed", list),
+                      ("best", dict), ("baseline", dict)):
+        if about.get(key) is not None and not isinstance(about[key], kind):
+            return f"study.json's {key} is not a {kind.__name__}"
+    if not all(isinstance(v, (int, float)) for v in (about.get("importances") or {}).values()):
+        return "study.json's importances are not numbers"
+    for key, needs in (("best", ("trial", "val_acc", "params")), ("baseline", ("trial", "val_acc"))):
+        if about.get(key) and not all(k in about[key] for k in needs):
+            return f"study.json's {key} lacks {', '.join(needs)}"
+    if about.get("best") and not isinstance(about["best"]["params"], dict):
+        return "study.json's best params are not an object"
+    missing = [c for c in TRIAL_COLUMNS if c not in trials.columns]
+    if missing:
+        return f"study.csv lacks columns {', '.join(missing)}"
+    for column in ("trial", "val_acc", "test_acc"):
+        if not pd.api.types.is_numeric_dtype(trials[column]):
+            return f"study.csv's {column} column is not numeric"
+    return None
 
 
 def _pct(x: Any) -> str:

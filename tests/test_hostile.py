@@ -487,3 +487,39 @@ def test_an_invalid_rerun_beside_a_running_one_leaves_its_folder_config_and_lock
     assert (run_dir / LOCK_FILE).exists() and (run_dir / ".hydra" / "config.yaml").exists()
     one_line_error(sweeper(*TINY, "lr=-1", f"hydra.run.dir={tmp_path / 'fresh'}"), 2, "lr=-1.0")
     assert not (tmp_path / "fresh").exists()  # what this process made alone is removed
+
+
+GOOD_STUDY = {"study": "s", "space": {"lr": "log-uniform"}, "trials": {"complete": 1},
+              "best": {"trial": 0, "val_acc": 0.5, "test_acc": 0.5, "params": {"lr": 0.001}},
+              "importances": {"lr": 1.0}}
+GOOD_TRIALS = "trial,state,run_dir,val_acc,test_acc,lr,seconds\n0,complete,t0,0.5,0.5,0.001,60\n"
+
+
+@pytest.mark.parametrize("about,trials,problem", [
+    ([1, 2], GOOD_TRIALS, "study.json is not an object"),
+    ({**GOOD_STUDY, "best": {"trial": 0}}, GOOD_TRIALS, "study.json's best lacks"),
+    ({**GOOD_STUDY, "space": "lr"}, GOOD_TRIALS, "study.json's space is not a dict"),
+    ({**GOOD_STUDY, "importances": {"lr": "high"}}, GOOD_TRIALS, "study.json's importances are not numbers"),
+    (GOOD_STUDY, "trial,state\n0,complete\n", "study.csv lacks columns run_dir, val_acc, test_acc"),
+    (GOOD_STUDY, GOOD_TRIALS.replace("0.5,0.5", "oops,0.5"), "study.csv's val_acc column is not numeric"),
+])
+def test_a_study_of_a_foreign_shape_is_skipped_and_the_rest_reported(tmp_path, about, trials, problem):
+    runs = tmp_path / "outputs"
+    fake_run(runs, "multirun/patch-8", [0.4, 0.5], patch=8)
+    (runs / "study").mkdir()
+    (runs / "study" / "study.json").write_text(json.dumps(about))
+    (runs / "study" / "study.csv").write_text(trials)
+    proc = report(runs, "--out", str(tmp_path / "report"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipped: study: study {problem}" in proc.stdout
+    assert "study" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_study_of_the_searchs_shape_is_reported(tmp_path):
+    runs = tmp_path / "outputs"
+    fake_run(runs, "multirun/patch-8", [0.4, 0.5], patch=8)
+    (runs / "study").mkdir()
+    (runs / "study" / "study.json").write_text(json.dumps(GOOD_STUDY))
+    (runs / "study" / "study.csv").write_text(GOOD_TRIALS)
+    proc = report(runs, "--out", str(tmp_path / "report"))
+    assert proc.returncode == 0 and "skipped" not in proc.stdout, proc.stdout + proc.stderr
