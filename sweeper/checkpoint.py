@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
@@ -13,8 +14,12 @@ from sweeper.atomic import atomic_write
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save, written whole or not at all (see sweeper.atomic)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save, written whole or not at all (see sweeper.atomic). Serialised in memory
+    first: torch's own writer turns a full disk into "unexpected pos", a plain write into the
+    OSError (ENOSPC) that the run reports in one line."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load(path: Path, version: int) -> Optional[dict]:

@@ -94,6 +94,11 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
         except OSError as err:  # disk full, unwritable dir: what was written stays valid
             where = err.filename or run_dir
             print(f"error: cannot write {where}: {err.strerror or err}", file=sys.stderr, flush=True)
+            try:  # a short file may still fit: the run is then not left `running`
+                records.write_summary(run_dir, {**read_summary(run_dir), "status": "failed",
+                                                "detail": {"reason": err.strerror or str(err)}})
+            except OSError:
+                pass
             raise SystemExit(1) from err
 
 

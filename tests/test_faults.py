@@ -279,3 +279,48 @@ def test_a_checkpoint_that_is_not_this_runs_is_moved_aside_not_resumed(tmp_path,
     (line,) = [x for x in again.stdout.splitlines() if x.startswith("warning: checkpoint")]
     assert reason in line and "moved to checkpoint.pt.corrupt-" in line
     assert scores(run_dir) == expected and summary(run_dir)["epochs_done"] == 2
+
+
+def test_a_disk_that_fills_during_a_checkpoint_write_is_one_line(tmp_path, monkeypatch, capsys):
+    from sweeper import atomic
+    from sweeper.run import execute
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[*TINY, "epochs=3", "checkpoint_every=0"])
+
+    class FillsUp:
+        """A file on a disk with 1,000 bytes left."""
+
+        def __init__(self, f):
+            self.f, self.left = f, 1000
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(28, "No space left on device")
+            self.left -= len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    real_open = open
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return FillsUp(f) if ".checkpoint.pt." in str(path) else f
+
+    monkeypatch.setattr(atomic, "open", open_on_a_full_disk, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        execute(validate(cfg), tmp_path / "run")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "unexpected pos" not in err
+    assert not list((tmp_path / "run").glob(".checkpoint.pt.*"))  # no half-written file left
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
