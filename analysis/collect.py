@@ -16,7 +16,7 @@ import pandas as pd
 
 from sweeper.lock import is_held
 from sweeper.records import METRICS_FILE, phase_results, read_metrics, run_results
-from sweeper.rundir import ADDED, load_config_file
+from sweeper.rundir import ADDED, NOT_RESULTS, load_config_file
 
 METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
 VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")
@@ -141,6 +141,11 @@ def collect(root: Path, exclude: set[Path] = frozenset()) -> Collection:
         rows.append(row)
         if len(frame):
             epochs.append(frame.assign(run=name))
+    for twin, kept in _twins(rows, configs).items():
+        problems.append(f"{twin}: the same config and seed as {kept}: counted once, as {kept}")
+        del configs[twin]
+    rows = [r for r in rows if r["run"] in configs]
+    epochs = [e for e in epochs if e["run"].iloc[0] in configs]
     settings = _varying(configs)
     runs = pd.DataFrame(rows)
     for key in settings:  # object columns: an integer setting stays 4, never 4.0
@@ -151,6 +156,21 @@ def collect(root: Path, exclude: set[Path] = frozenset()) -> Collection:
         joined = ["task", "status", "seed", *settings]
         epoch_frame = epoch_frame.merge(runs[["run", *joined]], on="run")
     return Collection(runs, epoch_frame, settings, configs, problems)
+
+
+def _twins(rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Runs that repeat another's resolved config and seed (the same command run under
+    outputs/runs and outputs/multirun): twin -> the run kept, the furthest along."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        config = {k: v for k, v in configs[row["run"]].items() if k not in NOT_RESULTS}
+        groups.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(row)
+    twins = {}
+    for group in groups.values():
+        kept, *rest = sorted(group, key=lambda r: (-(r.get("epochs_done") or 0),
+                                                   r["status"] != "complete", r["run"]))
+        twins.update((r["run"], kept["run"]) for r in rest)
+    return twins
 
 
 def _varying(configs: dict[str, dict[str, Any]]) -> list[str]:

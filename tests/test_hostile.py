@@ -523,3 +523,17 @@ def test_a_study_of_the_searchs_shape_is_reported(tmp_path):
     (runs / "study" / "study.csv").write_text(GOOD_TRIALS)
     proc = report(runs, "--out", str(tmp_path / "report"))
     assert proc.returncode == 0 and "skipped" not in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_the_same_run_reached_twice_counts_once_in_a_mean(tmp_path):
+    for seed, accs in enumerate([[0.5, 0.60], [0.5, 0.62]]):
+        fake_run(tmp_path, f"multirun/patch-16+seed-{seed}", accs, patch=16, seed=seed)
+    fake_run(tmp_path, "runs/patch-16", [0.5, 0.60], patch=16, seed=0)  # seed 0 again
+    fake_run(tmp_path, "multirun/patch-8", [0.5, 0.70], patch=8)
+    col = collect(tmp_path)
+    assert sorted(col.runs["run"]) == ["multirun/patch-16+seed-0", "multirun/patch-16+seed-1",
+                                       "multirun/patch-8"]
+    assert col.problems == ["runs/patch-16: the same config and seed as multirun/patch-16+seed-0: "
+                            "counted once, as multirun/patch-16+seed-0"]
+    (table,) = build_tables(col)
+    assert table.stats.set_index("label").loc["patch=16", "final_test_acc_n"] == 2
