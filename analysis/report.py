@@ -19,25 +19,36 @@ from pathlib import Path
 from analysis import insight, plots, study
 from analysis.collect import Collection, collect
 from analysis.tables import Table, build_tables, markdown, write_runs_csv
+from sweeper.errors import StorageError, SweeperError
 
 REFERENCES = ("seed",)  # the assignment report's numbers, shipped in sweeper/reference/
 MANIFEST = ".report-files"  # what the last report wrote here: the only files it may replace
 WRITTEN = (".md", ".html", ".csv", ".png", ".json")  # the kinds of file a report writes
 
 
-class ReportError(Exception):
+class ReportError(SweeperError):
     """Nothing to report, or nowhere safe to write it: the message is the one line shown."""
 
 
 def build(root: Path, out: Path, reference: str | None = None) -> list[str]:
     """Write the report into `out`, replacing only what an earlier report wrote there; returns
-    problem lines. Raises ReportError before writing anything when it cannot."""
+    problem lines. Raises ReportError before writing anything when it cannot, StorageError
+    when the disk refuses (what was in `out` stays as it was)."""
+    try:
+        return _build(root, out, reference)
+    except OSError as err:  # read-only, under a file, disk full
+        raise StorageError(f"cannot write the report to {out}: {err.strerror or err}"
+                           f"{f' ({err.filename})' if err.filename else ''}") from None
+
+
+def _build(root: Path, out: Path, reference: str | None) -> list[str]:
     studies, unreadable = study.find(root)
     col = collect(root, exclude=set().union(*(s.run_dirs() for s in studies)))
     col.problems += unreadable
     if col.runs.empty and not studies:
         raise ReportError(f"no runs with a usable metrics.csv under {root}"
                           + (f" ({len(col.problems)} skipped)" if col.problems else ""))
+    out.parent.mkdir(parents=True, exist_ok=True)
     ours = _previous_files(out)
     tables = build_tables(col, reference is not None) if not col.runs.empty else []
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent))
@@ -222,11 +233,6 @@ def _md_table_to_html(md: str) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__)
     parser.add_argument("root", type=Path, help="a directory of runs, e.g. outputs/")
@@ -235,16 +241,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="overlay a reference's numbers (seed: the assignment report's)")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
-        return _fail(f"{args.root} is not a directory of runs")
+        return ReportError(f"{args.root} is not a directory of runs").show()
     out = (args.out or args.root / "report").resolve()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         problems = build(args.root, out, args.reference)
-    except ReportError as err:
-        return _fail(str(err))
-    except OSError as err:  # read-only, under a file, disk full: what was there stays as it was
-        return _fail(f"cannot write the report to {out}: {err.strerror or err}"
-                     f"{f' ({err.filename})' if err.filename else ''}")
+    except SweeperError as err:  # the report's one place where an error becomes a line
+        return err.show()
     for problem in problems:
         print(f"skipped: {problem}")
     print(f"report written to {out} (report.md, index.html, runs.csv, epochs.csv, PNG plots)")

@@ -10,8 +10,9 @@ from hydra.types import RunMode
 from hydra_plugins.sweeper_search import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.config import ConfigError, register_configs, unused_keys, unused_message, validate
-from sweeper.records import fail
+from sweeper.config import register_configs, unused_keys, unused_message, validate
+from sweeper.errors import ConfigError, SweeperError
+from sweeper.records import discard
 from sweeper.rundir import override_keys, run_name
 
 register_configs()
@@ -19,7 +20,7 @@ Plugins.instance().register(OptunaSweeper)  # an editable install hides it from 
 OmegaConf.register_new_resolver("run_name", lambda overrides: run_name(overrides or []))
 
 
-class RunFailed(CompactHydraException):
+class JobFailed(CompactHydraException):
     """One job of a sweep failed (its error line is printed already); the others still run."""
 
 
@@ -29,23 +30,21 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         overrides = list(hydra_cfg.overrides.task)
-        try:
-            settings = validate(cfg)
-        except ConfigError as err:
-            fail(str(err), run_dir)
+        settings = validate(cfg)
         unused = unused_keys(settings, override_keys(overrides))
         if unused and hydra_cfg.mode == RunMode.RUN:  # a sweep's keys are checked by preflight
-            fail(unused_message(settings, unused[0]), run_dir)
+            raise ConfigError(unused_message(settings, unused[0]))
         from sweeper.run import run  # torch loads only once the config is known to be valid
 
         return run(settings, run_dir, cfg, overrides, hydra_cfg.launcher.get("n_jobs"),
                    trial_judge(hydra_cfg))
-    except SystemExit as exit_:
-        # 1 and 2 are this run's own failures; other codes (submitit's exit after a requeue) pass
-        if exit_.code in (1, 2) and hydra_cfg.mode == RunMode.MULTIRUN:
-            raise RunFailed(f"error: run {run_dir} failed (its error is above); "
+    except SweeperError as err:  # the one place a run's error becomes a line and an exit code
+        discard(run_dir)
+        code = err.show()
+        if code and hydra_cfg.mode == RunMode.MULTIRUN:
+            raise JobFailed(f"error: run {run_dir} failed (its error is above); "
                             f"the other runs of the sweep went on") from None
-        raise
+        raise SystemExit(code) from None
 
 
 def trial_judge(hydra_cfg: DictConfig):

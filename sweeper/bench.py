@@ -32,9 +32,10 @@ from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
 from sweeper.config import (
-    ClassifyTask, ConfigError, RotationTask, Settings, ViTConfig, register_configs, validate,
+    ClassifyTask, RotationTask, Settings, ViTConfig, register_configs, validate,
 )
 from sweeper.data.batches import MEAN, STD, Batches
+from sweeper.errors import ConfigError, SweeperError
 from sweeper.models import Classifier
 from sweeper.models.vit import Attention, ViT, written_out_attention
 from sweeper.reference import seed_rows, vit_curve
@@ -62,11 +63,6 @@ def reference_rows(s: Settings) -> dict[tuple[str, int], dict[str, str]]:
     return {}
 
 
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return 2
-
-
 def _fmt(value: str | float | None) -> str:
     return "—" if value in (None, "") else f"{float(value):.4f}"
 
@@ -74,9 +70,9 @@ def _fmt(value: str | float | None) -> str:
 def accuracy(args: argparse.Namespace) -> int:
     try:
         cfg = compose_config(args.overrides)
-        s = validate(cfg)
-    except (ConfigError, HydraException, OmegaConfBaseException) as err:
-        return _fail(str(err).strip().splitlines()[0])
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(str(err).strip().splitlines()[0]) from None
+    s = validate(cfg)
     run_dir = Path(args.out) / f"accuracy-{run_name(args.overrides)}-k{args.epochs}"
     if run_dir.exists():  # a benchmark starts fresh; the old run is kept beside it
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
@@ -327,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="batches per timed window of the input pipelines alone")
     spd.add_argument("--workers", type=int, help="DataLoader workers (default: CPUs on CUDA, 2 on CPU)")
     args = parser.parse_args(argv)
-    return accuracy(args) if args.command == "accuracy" else speed(args)
+    try:
+        return accuracy(args) if args.command == "accuracy" else speed(args)
+    except SweeperError as err:  # the benchmark's one place where an error becomes a line
+        return err.show()
 
 
 if __name__ == "__main__":

@@ -18,11 +18,9 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sweeper.errors import ConfigError
+
 IMAGE_SIZE = 32  # CIFAR-10; the synthetic and folder sources are checked against it
-
-
-class ConfigError(ValueError):
-    """A user error in the config: its message is the one line shown to the user."""
 
 
 @dataclass

@@ -6,7 +6,6 @@ lists them all in one line, rather than failing at the first and never reaching 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +16,22 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
-from sweeper.config import ConfigError, unused_keys, validate
+from sweeper.config import unused_keys, validate
+from sweeper.errors import ConfigError, StorageError, SweeperError
 from sweeper.rundir import override_keys
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
-def _exit(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
-
-
 def check_writable(folder: Path) -> None:
-    """Create `folder` (if needed) and a file in it, or exit 1 with one line saying why."""
+    """Create `folder` (if needed) and a file in it, or raise StorageError saying why."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
-        _exit(f"cannot write the output folder {folder}: {err.strerror or err}", 1)
+        raise StorageError(f"cannot write the output folder {folder}: {err.strerror or err}") from None
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
@@ -74,19 +69,32 @@ def invalid_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[list[str], 
     return bad, sorted(unused or [])
 
 
+def check_sweep(config: DictConfig) -> None:
+    """The sweep folder is writable and every job of a basic sweep is valid, or SweeperError."""
+    check_writable(Path(OmegaConf.select(config, "hydra.sweep.dir")))
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return  # another sweeper picks its jobs as it goes: each job validates itself
+    jobs = sweep_jobs(config)
+    bad, unused = invalid_jobs(config, jobs)
+    if bad:
+        raise ConfigError(f"{len(bad)} of {len(jobs)} runs of this sweep are invalid, so none "
+                          f"was started: " + "; ".join(bad))
+    if unused:
+        raise ConfigError(f"no run of this sweep uses {unused[0]}: drop it (it would change the "
+                          f"runs' names and configs, not what they train)")
+
+
 class Preflight(Callback):
+    """A Hydra callback, so an entry point of its own: its errors end the command here."""
+
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_writable(Path(OmegaConf.select(config, "hydra.run.dir")))
+        try:
+            check_writable(Path(OmegaConf.select(config, "hydra.run.dir")))
+        except SweeperError as err:
+            raise SystemExit(err.show()) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        check_writable(Path(OmegaConf.select(config, "hydra.sweep.dir")))
-        if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
-            return  # another sweeper picks its jobs as it goes: each job validates itself
-        jobs = sweep_jobs(config)
-        bad, unused = invalid_jobs(config, jobs)
-        if bad:
-            _exit(f"{len(bad)} of {len(jobs)} runs of this sweep are invalid, so none was started: "
-                  + "; ".join(bad), 2)
-        if unused:
-            _exit(f"no run of this sweep uses {unused[0]}: drop it (it would change the runs' "
-                  f"names and configs, not what they train)", 2)
+        try:
+            check_sweep(config)
+        except SweeperError as err:
+            raise SystemExit(err.show()) from None

@@ -12,11 +12,11 @@ import math
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from sweeper.atomic import atomic_write_text
+from sweeper.errors import RunFileError
 from sweeper.lock import LOCK_FILE
 
 METRICS_FILE = "metrics.csv"
@@ -101,10 +101,6 @@ def append_row(run_dir: Path, row: dict[str, Any]) -> None:
         writer.writerow({k: row[k] for k in fields})
         f.flush()
         os.fsync(f.fileno())
-
-
-class RunFileError(ValueError):
-    """A run file that its writer could not have written; the message names the file and line."""
 
 
 # Older runs wrote fewer columns; these are what every metrics.csv has had.
@@ -227,12 +223,11 @@ def console_line(row: dict[str, Any]) -> str:
     )
 
 
-def fail(message: str, run_dir: Path, holding_lock: bool = False) -> None:
-    """One line on stderr, exit code 2, and no output left behind by this run. Only the holder
-    of the run's lock removes the config it wrote; any other process removes the directory only
-    when it is empty (Hydra made it for this process): a run of the same command that is
-    loading its data beside this one keeps its folder, config and lock."""
-    print(f"error: {message}", file=sys.stderr, flush=True)
+def discard(run_dir: Path, holding_lock: bool = False) -> None:
+    """Leave no output behind a run that failed before it trained. Only the holder of the run's
+    lock removes the config it wrote; any other process removes the directory only when it is
+    empty (Hydra made it for this process): a run of the same command that is loading its data
+    beside this one keeps its folder, config and lock."""
     mine = (".hydra", LOCK_FILE) if holding_lock else ()
     ours = [p for p in run_dir.iterdir() if p.name not in mine] if run_dir.is_dir() else []
     if run_dir.is_dir() and not ours:
@@ -240,5 +235,4 @@ def fail(message: str, run_dir: Path, holding_lock: bool = False) -> None:
         parent = run_dir.parent
         if parent.name == "runs" and parent.is_dir() and not any(parent.iterdir()):
             os.rmdir(parent)
-    raise SystemExit(2)
 

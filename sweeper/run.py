@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -13,10 +12,13 @@ import torch
 from omegaconf import DictConfig
 
 from sweeper import insight, records
-from sweeper.config import VIT_SHAPE, ConfigError, Settings, unused_keys
+from sweeper.config import VIT_SHAPE, Settings, unused_keys
 from sweeper.data import sources, split
 from sweeper.lock import LOCK_FILE, run_lock
-from sweeper.records import fail
+from sweeper.errors import (
+    ConfigError, Preempted, RunFailed, RunFileError, StorageError, SweeperError,
+)
+from sweeper.records import discard
 from sweeper.rundir import CONFIG_DIR, ConfigFileError, config_changes, store_config
 from sweeper.tasks import Phase, build_phases
 from sweeper.train import (
@@ -45,13 +47,16 @@ def run(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
             except Exception as err:  # it would not requeue (submitit: timed out too many times)
                 summary.update(status="timeout", detail={**summary.get("detail", {}), "reason": str(err)})
                 records.write_summary(run_dir, summary)
-                print(f"error: {run_dir} stopped at its time limit and was not requeued ({err}); "
-                      f"rerun the same command to resume it", file=sys.stderr, flush=True)
-                raise SystemExit(1) from None
-            print("pre-empted: rerun the same command to resume", flush=True)
-            raise SystemExit(0)  # stop the whole sweep here: the signal was meant for this process
+                raise RunFailed(f"{run_dir} stopped at its time limit and was not requeued "
+                                f"({err}); rerun the same command to resume it") from None
+            # stop the whole sweep here: the signal was meant for this process
+            raise Preempted("pre-empted: rerun the same command to resume")
     if summary.get("status") == "oom":
-        raise SystemExit(1)
+        d = summary["detail"]
+        raise RunFailed(f"out of memory on {summary['device']} training {s.model.name} at "
+                        f"batch_size={d['batch_size']} with hydra.launcher.n_jobs={d['n_jobs']} "
+                        f"run(s) per device: rerun with a smaller batch_size (or fewer n_jobs); "
+                        f"this run is recorded as oom and the rest of the sweep goes on")
     return summary.get("final_test_acc") or 0.0
 
 
@@ -59,10 +64,7 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
             overrides: Optional[list[str]] = None, max_epochs: int | None = None,
             n_jobs: Optional[int] = None, judge: Optional[Judge] = None) -> dict[str, Any]:
     """Holding the run dir's lock: check the stored config, then load, train and record."""
-    try:
-        device = pick_device(s.device)
-    except ConfigError as err:
-        fail(str(err), run_dir)
+    device = pick_device(s.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_lock(run_dir) as held_by:
         if held_by:
@@ -74,15 +76,14 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
             try:
                 changes = config_changes(run_dir, cfg, unused_keys(s, IGNORABLE))
             except ConfigFileError as err:
-                print(f"error: {run_dir}: {err}: rerun with resume=false to start it afresh (its "
-                      f"files are kept aside), or name another run directory", file=sys.stderr,
-                      flush=True)
-                raise SystemExit(2) from None
+                raise ConfigFileError(f"{run_dir}: {err}: rerun with resume=false to start it "
+                                      f"afresh (its files are kept aside), or name another run "
+                                      f"directory") from None
             if changes:
-                print(f"error: {run_dir} was trained with another config: {'; '.join(changes)}. "
-                      f"Rerun with resume=false to start it afresh (its files are kept aside), "
-                      f"or name another run directory", file=sys.stderr, flush=True)
-                raise SystemExit(2)
+                raise ConfigError(f"{run_dir} was trained with another config: "
+                                  f"{'; '.join(changes)}. Rerun with resume=false to start it "
+                                  f"afresh (its files are kept aside), or name another run "
+                                  f"directory")
         previous = read_summary(run_dir)
         if previous.get("status") in FINISHED:
             print(f"run dir: {run_dir} | already {previous['status']}: skipped", flush=True)
@@ -92,14 +93,13 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
                 store_config(run_dir, cfg, overrides or [])
             return _train(s, device, run_dir, previous, max_epochs, n_jobs, judge)
         except OSError as err:  # disk full, unwritable dir: what was written stays valid
-            where = err.filename or run_dir
-            print(f"error: cannot write {where}: {err.strerror or err}", file=sys.stderr, flush=True)
             try:  # a short file may still fit: the run is then not left `running`
                 records.write_summary(run_dir, {**read_summary(run_dir), "status": "failed",
                                                 "detail": {"reason": err.strerror or str(err)}})
             except OSError:
                 pass
-            raise SystemExit(1) from err
+            raise StorageError(f"cannot write {err.filename or run_dir}: "
+                               f"{err.strerror or err}") from err
 
 
 def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str, Any],
@@ -111,8 +111,9 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
         torch.manual_seed(s.seed)  # model initialisation; batches draw from their own seeds
         on_device = images.to(device)
         phases = build_phases(s, on_device)
-    except (ConfigError, sources.DataError) as err:
-        fail(str(err), run_dir, holding_lock=True)
+    except SweeperError:
+        discard(run_dir, holding_lock=True)
+        raise
     warning = precision_warning(device, s.precision)
     if warning:
         print(warning, flush=True)
@@ -146,17 +147,12 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
     trainer = Trainer(s, device, run_dir, log, max_epochs, judge)
     try:
         outcome: Outcome = trainer.fit(phases)
-    except records.RunFileError as err:  # its rows up to the checkpoint cannot be read
+    except RunFileError as err:  # its rows up to the checkpoint cannot be read
         summarise(run_dir, base, "damaged", prior_seconds, {"reason": str(err)})
-        print(f"error: {run_dir / str(err)}: repair that line, or rerun with resume=false to "
-              f"start afresh (the run's files are kept aside)", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        raise RunFileError(f"{run_dir / str(err)}: repair that line, or rerun with resume=false "
+                           f"to start afresh (the run's files are kept aside)") from None
     except torch.OutOfMemoryError:
         outcome = Outcome("oom", {"batch_size": s.batch_size, "n_jobs": n_jobs or 1})
-        print(f"error: out of memory on {base['device']} training {s.model.name} at "
-              f"batch_size={s.batch_size} with hydra.launcher.n_jobs={n_jobs or 1} run(s) per "
-              f"device: rerun with a smaller batch_size (or fewer n_jobs); this run is recorded "
-              f"as oom and the rest of the sweep goes on", file=sys.stderr, flush=True)
     finally:
         if board is not None:
             board.close()

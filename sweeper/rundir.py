@@ -21,6 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.atomic import atomic_write_text
+from sweeper.errors import RunFileError
 
 # Keys that change where or how a run is kept, never what it computes.
 NOT_RESULTS = ("resume", "data.cache_dir", "checkpoint_every", "logger")
@@ -78,7 +79,7 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 MAX_CONFIG_BYTES = 1 << 20  # a run's config is a few kB
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(RunFileError):
     """A stored config that a run could not have written: too large, not YAML, or with YAML
     aliases, which a run never writes and which can expand without bound ("billion laughs")."""
 

@@ -28,15 +28,12 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweeper.atomic import atomic_write_text
+from sweeper.errors import SearchError
 from sweeper.records import RESULT_PHASES, SUMMARY_FILE
 
 TRIAL_ENV = "SWEEPER_TRIAL"  # in a trial's job: the Optuna trial id its epochs report to
 STUDY_CSV, STUDY_JSON = "study.csv", "study.json"
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-class SearchError(ValueError):
-    """A search that cannot run as given: its message is the one line shown to the user."""
 
 
 def distribution(override: Override) -> BaseDistribution:

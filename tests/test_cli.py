@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import metrics, ok, run_dirs, summary, sweeper
+from conftest import ROOT, metrics, ok, run_dirs, summary, sweeper
 from sweeper.train import autocast_for, native_bf16, resolve_precision
 
 COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
@@ -124,3 +124,15 @@ def test_precision_selects_the_autocast_dtype(precision, dtype):
 def test_the_run_records_the_precision_it_trained_at(tmp_path, tiny):
     ok(sweeper(*tiny, "precision=fp32", f"hydra.run.dir={tmp_path}"))
     assert summary(tmp_path)["precision"] == "fp32"
+
+
+def test_library_code_raises_and_only_entry_points_exit():
+    """The error boundary: no module below an entry point raises SystemExit or calls exit."""
+    entry_points = {"sweeper/__main__.py", "sweeper/preflight.py", "sweeper/bench.py",
+                    "sweeper/hydra_plugins/sweeper_search/__init__.py", "analysis/report.py"}
+    for path in sorted([*ROOT.glob("sweeper/**/*.py"), *ROOT.glob("analysis/**/*.py")]):
+        name = str(path.relative_to(ROOT))
+        if name in entry_points:
+            continue
+        text = path.read_text()
+        assert "SystemExit" not in text and "sys.exit" not in text, name

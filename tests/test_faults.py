@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 
 from conftest import ROOT, SLOW, TINY, metrics, ok, run_dirs, scores, summary, sweeper
 from sweeper.config import register_configs, validate
+from sweeper.errors import StorageError
 from sweeper.lock import run_lock
 from sweeper.train import Preemption
 
@@ -162,7 +163,7 @@ def test_live_lock_skips_and_stale_lock_is_taken_over(tmp_path):
     assert not (run_dir / ".lock").exists()
 
 
-def test_full_disk_is_a_clear_message_and_written_files_stay_valid(tmp_path, monkeypatch, capsys):
+def test_full_disk_is_a_clear_message_and_written_files_stay_valid(tmp_path, monkeypatch):
     from sweeper import records
     from sweeper.run import execute
 
@@ -177,11 +178,10 @@ def test_full_disk_is_a_clear_message_and_written_files_stay_valid(tmp_path, mon
         real(run_dir, row)
 
     monkeypatch.setattr(records, "append_row", append_then_fail)
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(StorageError) as error:
         execute(validate(cfg), tmp_path / "run")
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err
-    assert f"cannot write {tmp_path / 'run'}: No space left on device" in err
+    assert error.value.code == 1
+    assert error.value.line == f"error: cannot write {tmp_path / 'run'}: No space left on device"
     assert len(metrics(tmp_path / "run")) == 1
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs_done"] == 1
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["position"]["epoch"] == 1
@@ -281,7 +281,7 @@ def test_a_checkpoint_that_is_not_this_runs_is_moved_aside_not_resumed(tmp_path,
     assert scores(run_dir) == expected and summary(run_dir)["epochs_done"] == 2
 
 
-def test_a_disk_that_fills_during_a_checkpoint_write_is_one_line(tmp_path, monkeypatch, capsys):
+def test_a_disk_that_fills_during_a_checkpoint_write_is_one_line(tmp_path, monkeypatch):
     from sweeper import atomic
     from sweeper.run import execute
 
@@ -317,10 +317,10 @@ def test_a_disk_that_fills_during_a_checkpoint_write_is_one_line(tmp_path, monke
         return FillsUp(f) if ".checkpoint.pt." in str(path) else f
 
     monkeypatch.setattr(atomic, "open", open_on_a_full_disk, raising=False)
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(StorageError) as error:
         execute(validate(cfg), tmp_path / "run")
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "No space left on device" in err and "unexpected pos" not in err
+    assert error.value.code == 1
+    line = error.value.line
+    assert "\n" not in line and "No space left on device" in line and "unexpected pos" not in line
     assert not list((tmp_path / "run").glob(".checkpoint.pt.*"))  # no half-written file left
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"

@@ -4,12 +4,13 @@ compile, out-of-memory, checkpoint cadence, and one meaning per config key."""
 import json
 import signal
 
+import pytest
 import torch
 import yaml
 
 from conftest import SLOW, TINY, metrics, ok, scores, summary, sweeper
 from test_faults import start_and_signal
-from test_hostile import _execute_in_process, one_line_error
+from test_hostile import _execute_in_process, _run_in_process, one_line_error
 from sweeper import checkpoint
 from sweeper.data.batches import Batches
 from sweeper.train import precision_warning, resolve_precision
@@ -52,17 +53,21 @@ def test_checkpoints_follow_checkpoint_every_and_always_close_a_phase(tmp_path, 
     assert saves == [1, 2, 3]
 
 
-def test_out_of_memory_is_a_status_a_line_and_a_retry(tmp_path, monkeypatch, capsys):
+def test_out_of_memory_is_a_status_a_line_and_a_retry(tmp_path, monkeypatch):
     from sweeper import train
+    from sweeper.errors import RunFailed
 
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(train, "train_step", oom)
-    result = _execute_in_process(tmp_path, [*TINY, "batch_size=32"])
+    with pytest.raises(RunFailed) as failed:
+        _run_in_process(tmp_path, [*TINY, "batch_size=32"])
+    result = summary(tmp_path / "run")
     assert result["status"] == "oom" and result["detail"]["batch_size"] == 32
-    err = capsys.readouterr().err
-    assert "out of memory" in err and "batch_size=32" in err and "hydra.launcher.n_jobs=1" in err
+    line = failed.value.line
+    assert line.startswith("error: out of memory") and "batch_size=32" in line
+    assert "hydra.launcher.n_jobs=1" in line and failed.value.code == 1
     monkeypatch.undo()
     assert _execute_in_process(tmp_path, [*TINY, "batch_size=32"])["status"] == "complete"
 

@@ -245,6 +245,19 @@ def _execute_in_process(tmp_path, overrides):
     return execute(validate(cfg), tmp_path / "run", cfg, overrides)
 
 
+def _run_in_process(tmp_path, overrides):
+    """As `python -m sweeper` runs one job below its entry point: errors are raised, not shown."""
+    from hydra import compose, initialize_config_dir
+
+    from sweeper.config import register_configs, validate
+    from sweeper.run import run
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    return run(validate(cfg), tmp_path / "run", cfg, overrides)
+
+
 def test_non_finite_evaluation_is_divergence_and_json_stays_valid(tmp_path, monkeypatch):
     from sweeper.train import Trainer
 
@@ -394,7 +407,7 @@ def test_a_report_that_cannot_be_written_is_one_line_and_leaves_the_old_one(tmp_
     fake_run(runs, "multirun/patch-8", [0.4, 0.5], patch=8)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    one_line_error(report(runs, "--out", str(blocker / "report")), 2, "cannot write the report to")
+    one_line_error(report(runs, "--out", str(blocker / "report")), 1, "cannot write the report to")
     out = tmp_path / "report"
     assert report(runs, "--out", str(out)).returncode == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -403,7 +416,7 @@ def test_a_report_that_cannot_be_written_is_one_line_and_leaves_the_old_one(tmp_
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(plots, "run_times", full_disk)
-    assert main([str(runs), "--out", str(out)]) == 2
+    assert main([str(runs), "--out", str(out)]) == 1  # a storage error, as the run's own
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write the report to") and "No space left" in err
     assert err.count("\n") == 1

@@ -27,13 +27,10 @@ from sweeper.config import (
     FolderData,
     SyntheticData,
 )
+from sweeper.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_VERSION = 2  # 2: images ordered by (class, file name) from a folder and a tarball alike
-
-
-class DataError(RuntimeError):
-    """The data cannot be had: its message is the one line shown to the user."""
 
 
 @dataclass

@@ -13,7 +13,6 @@ folder as `hydra_plugins.sweeper_search`, and `python -m sweeper` registers it e
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,11 +22,6 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
 
 
 class OptunaSweeper(Sweeper):
@@ -49,14 +43,18 @@ class OptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
+        """An entry point of its own (Hydra calls it): its errors end the command here."""
+        from sweeper.errors import SearchError, SweeperError
+
         try:
-            from sweeper import search
-        except ImportError as err:
-            _fail(f"hydra/sweeper=optuna needs Optuna ({err}): pip install -e \".[search]\"")
-        try:
+            try:
+                from sweeper import search
+            except ImportError as err:
+                raise SearchError(f"hydra/sweeper=optuna needs Optuna ({err}): "
+                                  f"pip install -e \".[search]\"") from None
             return self._sweep(search, arguments)
-        except search.SearchError as err:
-            _fail(str(err))
+        except SweeperError as err:
+            raise SystemExit(err.show()) from None
 
     def _space(self, search: Any, arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
         """The preset's params, then the command line (a plain value there fixes a key)."""
