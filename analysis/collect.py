@@ -15,11 +15,10 @@ from typing import Any
 import pandas as pd
 
 from sweeper.lock import is_held
-from sweeper.records import METRICS_FILE, phase_results, read_metrics, run_results
+from sweeper.records import METRICS_FILE, VIT_SHAPE, phase_results, read_metrics, run_results
 from sweeper.rundir import ADDED, NOT_RESULTS, load_config_file
 
 METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
-VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")
 # Keys that name where or how a run ran, not what it measured: never a "setting".
 NOT_SETTINGS = {"device", "compile", "eval_batch_size", "data.root", "data.cache_dir", "task.name",
                 "resume", "checkpoint_every", "logger"}

@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeper.errors import ConfigError
+from sweeper.records import VIT_SHAPE
 
 IMAGE_SIZE = 32  # CIFAR-10; the synthetic and folder sources are checked against it
 
@@ -98,7 +99,6 @@ class SyntheticData(DataBase):
     n_test: int = 400
 
 
-VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")  # top-level keys read by model=vit
 SCHEDULES = ("cosine", "linear")
 AUGMENTS = ("none", "flip", "crop_flip", "strong")
 ModelConfig = Union[ViTConfig, ResNetConfig]

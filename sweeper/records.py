@@ -20,6 +20,7 @@ from sweeper.errors import RunFileError
 from sweeper.lock import LOCK_FILE
 
 METRICS_FILE = "metrics.csv"
+VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")  # the top-level keys model=vit reads
 SUMMARY_FILE = "summary.json"
 COLUMNS = [
     "phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",

@@ -134,3 +134,37 @@ def test_random_edits_of_a_valid_file_give_rows_or_the_contracts_error_only(tmp_
     rows, error = read_metrics(tmp_path)
     assert error is None or isinstance(error, RunFileError)
     assert _could_have_been_written(rows)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_random_bytes_in_a_lock_are_judged_never_raised(tmp_path, data):
+    from sweeper.lock import LOCK_FILE, Seen, _look, stale_reason
+
+    (tmp_path / LOCK_FILE).write_bytes(data)
+    seen = _look(tmp_path / LOCK_FILE)
+    assert isinstance(seen, Seen) and seen.kind == "file"
+    assert stale_reason(seen) in (None, "its process is gone")  # fresh: at most a dead holder
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_random_bytes_in_a_summary_are_damage_never_raised(tmp_path, data):
+    from analysis.collect import _summary
+
+    (tmp_path / "summary.json").write_bytes(data)
+    summary, problem = _summary(tmp_path)
+    assert isinstance(summary, dict) and (problem is None or "damaged" in problem)
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.binary(max_size=300))
+def test_random_study_files_are_skipped_never_raised(tmp_path, about, trials):
+    from analysis.study import find
+
+    folder = tmp_path / "study"
+    folder.mkdir(exist_ok=True)
+    (folder / "study.json").write_bytes(about)
+    (folder / "study.csv").write_bytes(trials)
+    studies, problems = find(tmp_path)
+    assert len(studies) + len(problems) == 1
