@@ -15,7 +15,10 @@ from typing import Any
 import pandas as pd
 
 from sweeper.lock import is_held
-from sweeper.records import METRICS_FILE, VIT_SHAPE, phase_results, read_metrics, run_results
+from sweeper.records import (
+    CONFIG_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, VIT_SHAPE, phase_results, read_metrics,
+    run_results,
+)
 from sweeper.rundir import ADDED, NOT_RESULTS, load_config_file
 
 METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
@@ -36,9 +39,9 @@ class Collection:
 def find_run_dirs(root: Path) -> list[Path]:
     """Directories holding a run's files, at any depth (single runs and multiruns alike)."""
     found = set()
-    for name in ("metrics.csv", "summary.json", ".hydra/config.yaml"):
+    for name in (METRICS_FILE, SUMMARY_FILE, f"{CONFIG_DIR}/{CONFIG_FILE}"):
         for path in root.rglob(name):
-            found.add(path.parent.parent if name.startswith(".hydra") else path.parent)
+            found.add(path.parent.parent if name.startswith(CONFIG_DIR) else path.parent)
     # Hidden folders hold what is not a run of its own (.hydra, .previous/ of resume=false).
     return sorted(d for d in found if not any(p.startswith(".") for p in d.relative_to(root).parts))
 
@@ -46,7 +49,7 @@ def find_run_dirs(root: Path) -> list[Path]:
 def _flat_config(run_dir: Path) -> dict[str, Any]:
     """The run's resolved config, flat; raises ValueError when it is missing or unreadable.
     Runs of older versions kept the ViT's shape under model.* too: what trained is model.*."""
-    path = run_dir / ".hydra" / "config.yaml"
+    path = run_dir / CONFIG_DIR / CONFIG_FILE
     if not path.exists():
         raise ValueError("no .hydra/config.yaml, so its settings are unknown")
     config = {**ADDED, **load_config_file(path)}  # keys added since: older runs trained at their neutral value
@@ -58,7 +61,7 @@ def _flat_config(run_dir: Path) -> dict[str, Any]:
 
 def _summary(run_dir: Path) -> tuple[dict[str, Any], str | None]:
     """summary.json, and a problem line when it exists but is damaged."""
-    path = run_dir / "summary.json"
+    path = run_dir / SUMMARY_FILE
     try:
         summary = json.loads(path.read_text())
     except FileNotFoundError:
@@ -117,7 +120,7 @@ def collect(root: Path, exclude: set[Path] = frozenset()) -> Collection:
             try:
                 frame = _metrics(run_dir)
             except ValueError:
-                if summary and not (run_dir / "metrics.csv").exists():
+                if summary and not (run_dir / METRICS_FILE).exists():
                     frame = pd.DataFrame(columns=METRIC_COLUMNS)  # started, no epoch logged yet
                 else:
                     raise

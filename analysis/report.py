@@ -20,6 +20,7 @@ from analysis import insight, plots, study
 from analysis.collect import Collection, collect
 from analysis.tables import Table, build_tables, markdown, write_runs_csv
 from sweeper.errors import StorageError, SweeperError
+from sweeper.records import CONFIG_DIR, METRICS_FILE
 
 REFERENCES = ("seed",)  # the assignment report's numbers, shipped in sweeper/reference/
 MANIFEST = ".report-files"  # what the last report wrote here: the only files it may replace
@@ -68,7 +69,7 @@ def _previous_files(out: Path) -> set[str]:
         return set()
     if not out.is_dir():
         raise ReportError(f"--out {out} is a file, not a folder")
-    if (out / "metrics.csv").exists() or (out / ".hydra").exists():
+    if (out / METRICS_FILE).exists() or (out / CONFIG_DIR).exists():
         raise ReportError(f"--out {out} is a run directory: choose a folder of its own")
     try:
         listed = (out / MANIFEST).read_text(errors="replace").split()

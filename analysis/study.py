@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-STUDY_JSON, STUDY_CSV = "study.json", "study.csv"
+from sweeper.records import STUDY_CSV, STUDY_JSON  # noqa: E402
 STATE_COLOURS = {"complete": "C0", "pruned": "C1", "fail": "C3", "running": "C7"}
 
 

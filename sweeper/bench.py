@@ -38,6 +38,7 @@ from sweeper.data.batches import MEAN, STD, Batches
 from sweeper.errors import ConfigError, SweeperError
 from sweeper.models import Classifier
 from sweeper.models.vit import Attention, ViT, written_out_attention
+from sweeper.records import METRICS_FILE
 from sweeper.reference import seed_rows, vit_curve
 from sweeper.rundir import run_name
 from sweeper.run import describe, execute, pick_device
@@ -78,7 +79,7 @@ def accuracy(args: argparse.Namespace) -> int:
         run_dir.rename(run_dir.with_name(f"{run_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
     summary = execute(s, run_dir, cfg, args.overrides, max_epochs=args.epochs)
     ref = reference_rows(s)
-    with open(run_dir / "metrics.csv", newline="") as f:
+    with open(run_dir / METRICS_FILE, newline="") as f:
         ours = list(csv.DictReader(f))
     print(f"\naccuracy after {args.epochs} epoch(s) of the normal schedule | "
           f"device: {summary['device']}, {summary['precision']} | data: {s.data.name} | "

@@ -1,6 +1,7 @@
 """What a run leaves for readers: metrics.csv (a row per epoch), summary.json, the console line.
 
-The run directory is the interface to `analysis`; these column and key names are stable.
+The run directory is the interface to `analysis`: this module names its files and holds their
+strict readers; these file, column and key names are stable.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from sweeper.errors import RunFileError
 from sweeper.lock import LOCK_FILE
 
 METRICS_FILE = "metrics.csv"
+CONFIG_DIR, CONFIG_FILE = ".hydra", "config.yaml"  # the run's resolved config, as run_dir/.hydra/config.yaml
+CHECKPOINT_FILE = "checkpoint.pt"
+STUDY_CSV, STUDY_JSON = "study.csv", "study.json"  # a search's folder
 VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")  # the top-level keys model=vit reads
 SUMMARY_FILE = "summary.json"
 COLUMNS = [
@@ -229,7 +233,7 @@ def discard(run_dir: Path, holding_lock: bool = False) -> None:
     lock removes the config it wrote; any other process removes the directory only when it is
     empty (Hydra made it for this process): a run of the same command that is loading its data
     beside this one keeps its folder, config and lock."""
-    mine = (".hydra", LOCK_FILE) if holding_lock else ()
+    mine = (CONFIG_DIR, LOCK_FILE) if holding_lock else ()
     ours = [p for p in run_dir.iterdir() if p.name not in mine] if run_dir.is_dir() else []
     if run_dir.is_dir() and not ours:
         shutil.rmtree(run_dir, ignore_errors=True)

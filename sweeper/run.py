@@ -14,12 +14,12 @@ from omegaconf import DictConfig
 from sweeper import insight, records
 from sweeper.config import VIT_SHAPE, Settings, unused_keys
 from sweeper.data import sources, split
-from sweeper.lock import LOCK_FILE, run_lock
 from sweeper.errors import (
     ConfigError, Preempted, RunFailed, RunFileError, StorageError, SweeperError,
 )
-from sweeper.records import discard
-from sweeper.rundir import CONFIG_DIR, ConfigFileError, config_changes, store_config
+from sweeper.lock import LOCK_FILE, run_lock
+from sweeper.records import CONFIG_DIR, discard
+from sweeper.rundir import ConfigFileError, config_changes, store_config
 from sweeper.tasks import Phase, build_phases
 from sweeper.train import (
     Judge, Outcome, Preemption, Trainer, compiled_graphs, configure_backends, precision_warning,
@@ -89,7 +89,7 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
             print(f"run dir: {run_dir} | already {previous['status']}: skipped", flush=True)
             return previous
         try:
-            if cfg is not None and not (run_dir / CONFIG_DIR / "config.yaml").exists():
+            if cfg is not None and not (run_dir / CONFIG_DIR / records.CONFIG_FILE).exists():
                 store_config(run_dir, cfg, overrides or [])
             return _train(s, device, run_dir, previous, max_epochs, n_jobs, judge)
         except OSError as err:  # disk full, unwritable dir: what was written stays valid

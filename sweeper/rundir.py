@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper.atomic import atomic_write_text
 from sweeper.errors import RunFileError
+from sweeper.records import CONFIG_DIR, CONFIG_FILE
 
 # Keys that change where or how a run is kept, never what it computes.
 NOT_RESULTS = ("resume", "data.cache_dir", "checkpoint_every", "logger")
@@ -32,7 +33,6 @@ ADDED = {"data.val_size": 0, "schedule": "cosine", "grad_clip": 0.0, "augment": 
          "erasing": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_until": 1.0,
          "drop_path": 0.0}
 MAX_NAME_BYTES = 200  # file systems allow 255 per path component; leave room for suffixes
-CONFIG_DIR = ".hydra"
 
 
 def _short_hash(text: str, n: int) -> str:
@@ -104,7 +104,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
 
 def stored_config(run_dir: Path) -> dict[str, Any] | None:
     """The flat, resolved config the run dir was trained with, or None for a new directory."""
-    path = run_dir / CONFIG_DIR / "config.yaml"
+    path = run_dir / CONFIG_DIR / CONFIG_FILE
     if not path.is_file():
         return None
     return load_config_file(path)
@@ -127,5 +127,5 @@ def config_changes(run_dir: Path, cfg: DictConfig, unused: Iterable[str] = ()) -
 def store_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:
     """Write the run's resolved config and overrides (once per run; never over another's)."""
     folder = run_dir / CONFIG_DIR
-    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(folder / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))

@@ -29,10 +29,9 @@ from optuna.trial import TrialState
 
 from sweeper.atomic import atomic_write_text
 from sweeper.errors import SearchError
-from sweeper.records import RESULT_PHASES, SUMMARY_FILE
+from sweeper.records import RESULT_PHASES, STUDY_CSV, STUDY_JSON, SUMMARY_FILE
 
 TRIAL_ENV = "SWEEPER_TRIAL"  # in a trial's job: the Optuna trial id its epochs report to
-STUDY_CSV, STUDY_JSON = "study.csv", "study.json"
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 

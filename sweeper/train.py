@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from sweeper import checkpoint, records
+from sweeper.records import CHECKPOINT_FILE
 from sweeper.config import Settings
 from sweeper.data.batches import epoch_seed
 from sweeper.tasks import Phase
 
-CHECKPOINT_FILE = "checkpoint.pt"
 CHECKPOINT_VERSION = 2
 # SIGTERM: pre-emption; SIGUSR1/SIGUSR2: time-limit warnings (SLURM's --signal, submitit's USR2);
 # SIGINT: Ctrl-C, a stop like the others rather than a traceback and a run left `running`.
