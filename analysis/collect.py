@@ -16,8 +16,8 @@ import pandas as pd
 
 from sweeper.lock import is_held
 from sweeper.records import (
-    CONFIG_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, VIT_SHAPE, phase_results, read_metrics,
-    run_results,
+    CONFIG_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TASKS, VIT_SHAPE, Status, phase_results,
+    read_metrics, run_results,
 )
 from sweeper.rundir import ADDED, NOT_RESULTS, load_config_file
 
@@ -74,10 +74,10 @@ def _summary(run_dir: Path) -> tuple[dict[str, Any], str | None]:
 
 
 def _status(run_dir: Path, summary: dict[str, Any], damaged: bool) -> str:
-    status = summary.get("status", "damaged" if damaged else "unknown")
-    if status == "running" and not is_held(run_dir):
-        return "interrupted"  # killed, or crashed, without a chance to say so
-    return status
+    status = summary.get("status", Status.DAMAGED if damaged else Status.UNKNOWN)
+    if status == Status.RUNNING and not is_held(run_dir):
+        return Status.INTERRUPTED  # killed, or crashed, without a chance to say so
+    return str(status)
 
 
 def _metrics(run_dir: Path) -> pd.DataFrame:
@@ -98,10 +98,10 @@ def planned_epochs(config: dict[str, Any], summary: dict[str, Any]) -> Any:
     """Epochs the run was set to train (older runs did not record it: read their config)."""
     if "epochs_planned" in summary:
         return summary["epochs_planned"]
-    task = config.get("task.name")
-    if task == "classify":
+    task = TASKS.get(config.get("task.name"))
+    if task is None or not task.part_a:
         return config.get("epochs")
-    if task in ("rotation_pretrain", "rotation_probe"):  # older runs: budgets under task.
+    if task.pretext:  # older runs: budgets under task.
         pretext = config.get("pretrain_epochs", config.get("task.pretrain_epochs", 0))
         return pretext + config.get("task.finetune_epochs", config.get("epochs", 0))
     return config.get("task.finetune_epochs", config.get("epochs"))
@@ -170,7 +170,7 @@ def _twins(rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]]) -> di
     twins = {}
     for group in groups.values():
         kept, *rest = sorted(group, key=lambda r: (-(r.get("epochs_done") or 0),
-                                                   r["status"] != "complete", r["run"]))
+                                                   r["status"] != Status.COMPLETE, r["run"]))
         twins.update((r["run"], kept["run"]) for r in rest)
     return twins
 

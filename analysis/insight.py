@@ -18,11 +18,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.tables import Table  # noqa: E402
+from sweeper.records import Status  # noqa: E402
 
 
 def complete_runs(table: Table) -> dict[str, list[str]]:
     """Setting label -> its complete runs, in the table's order (best first)."""
-    runs = table.runs[table.runs["status"] == "complete"]
+    runs = table.runs[table.runs["status"] == Status.COMPLETE]
     return {name: list(runs[runs["label"] == name]["run"]) for name in table.stats["label"]
             if (runs["label"] == name).any()}
 

@@ -20,7 +20,7 @@ from analysis import insight, plots, study
 from analysis.collect import Collection, collect
 from analysis.tables import Table, build_tables, markdown, write_runs_csv
 from sweeper.errors import StorageError, SweeperError
-from sweeper.records import CONFIG_DIR, METRICS_FILE
+from sweeper.records import CONFIG_DIR, METRICS_FILE, Status
 
 REFERENCES = ("seed",)  # the assignment report's numbers, shipped in sweeper/reference/
 MANIFEST = ".report-files"  # what the last report wrote here: the only files it may replace
@@ -132,7 +132,7 @@ def _section(table: Table, col: Collection, root: Path, staging: Path,
                                         staging / f"{name}_confusion.png")
         if made:
             section.images.append((made.name, insight.CAPTIONS["confusion"]))
-    rotation = [r for r in table.runs[table.runs["status"] == "complete"]["run"]
+    rotation = [r for r in table.runs[table.runs["status"] == Status.COMPLETE]["run"]
                 if (root / r / "rotation_confusion.csv").exists()]
     if rotation:
         made = insight.confusion_figure("rotation pretext: confusion", rotation, root,

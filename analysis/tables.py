@@ -16,6 +16,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from analysis.collect import Collection
+from sweeper.records import PART_A, PRETEXT_TASKS, Status
 from sweeper.reference import vit_curve
 
 FAMILIES = [
@@ -23,8 +24,6 @@ FAMILIES = [
     ("Attention heads", ["heads"]),
     ("CLS token layer", ["cls_layer"]),
 ]
-PART_A = ("rotation_pretrain", "rotation_probe", "finetune", "scratch")
-PRETEXT_TASKS = ("rotation_pretrain", "rotation_probe")  # the only tasks that read pretrain_epochs
 # (column, heading, True when larger is better)
 METRICS = [
     ("final_test_acc", "final test acc", True),
@@ -57,7 +56,7 @@ def _unset(value: Any) -> bool:
 def _variant(config: dict[str, Any]) -> str:
     task, frozen = config.get("task.name"), config.get("task.freeze_encoder")
     head = "linear probe" if frozen else "fine-tuned"
-    if task in ("rotation_pretrain", "rotation_probe"):
+    if task in PRETEXT_TASKS:
         return f"rotation pre-training, {head}"
     if task == "finetune":
         return f"saved encoder, {head}"
@@ -126,8 +125,8 @@ def _grid_tables(col: Collection, runs: pd.DataFrame, reference: bool) -> list[T
 
 def progress(run: pd.Series) -> str:
     """`complete`, or the status of an unfinished run with its epochs done of those planned."""
-    if run["status"] == "complete":
-        return "complete"
+    if run["status"] == Status.COMPLETE:
+        return Status.COMPLETE.value
     planned = run.get("epochs_planned")
     of = f"/{int(planned)}" if isinstance(planned, (int, float)) and not pd.isna(planned) else ""
     return f"{run['status']} {int(run['epochs_done'])}{of} epochs"
@@ -143,7 +142,7 @@ def _table(title: str, runs: pd.DataFrame, keys: list[str], col: Collection,
     rows = []
     for name, group in runs.groupby("label", sort=False):
         row: dict[str, Any] = {"label": name, **{k: group[k].iloc[0] for k in keys}}
-        complete = group[group["status"] == "complete"]
+        complete = group[group["status"] == Status.COMPLETE]
         for metric, _, _ in METRICS:
             values = complete[metric].dropna() if metric in complete else pd.Series(dtype=float)
             row[f"{metric}_mean"] = values.mean() if len(values) else math.nan
@@ -254,7 +253,7 @@ def write_runs_csv(col: Collection, path: Path) -> None:
     its epochs done of planned and its last logged test accuracy instead."""
     runs = col.runs.copy()
     runs["last_test_acc"] = runs.get("final_test_acc")
-    unfinished = runs["status"] != "complete"
+    unfinished = runs["status"] != Status.COMPLETE
     for column in FINAL_COLUMNS:
         if column in runs:
             runs[column] = runs[column].mask(unfinished)

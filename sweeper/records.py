@@ -13,6 +13,8 @@ import math
 import os
 import re
 import shutil
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -38,8 +40,53 @@ def columns(rows: Iterable[dict[str, Any]]) -> list[str]:
     return COLUMNS + VAL_COLUMNS if any("val_acc" in r for r in rows) else COLUMNS
 
 
-# The phase whose test figures are a run's result (rotation runs: the fine-tuned classifier).
-RESULT_PHASES = ("finetune", "train")
+class Status(str, Enum):
+    """A run's `status` in summary.json; a str, so it is written and compared as its value."""
+
+    RUNNING = "running"
+    COMPLETE = "complete"
+    PREEMPTED = "preempted"  # a signal stopped it at a step; the same command resumes it
+    TIMEOUT = "timeout"  # pre-empted at a cluster's time limit and not requeued
+    STOPPED = "stopped"  # `max_epochs` of this process reached (a budgeted stretch)
+    DIVERGED = "diverged"
+    PRUNED = "pruned"  # a search's pruner stopped it
+    OOM = "oom"
+    FAILED = "failed"  # an error outside training: a checkpoint that could not be written
+    DAMAGED = "damaged"  # its metrics.csv has a line the writer could not have written
+    UNKNOWN = "unknown"  # a summary.json without a status
+    INTERRUPTED = "interrupted"  # the report's word for `running` with no live owner: killed
+
+    __str__ = str.__str__  # f-strings and CSV cells show the value, not "Status.COMPLETE"
+
+
+# A rerun leaves these alone: `complete` is done, a `diverged` run would diverge again, and a
+# `pruned` one was stopped for good by its search.
+FINISHED = (Status.COMPLETE, Status.DIVERGED, Status.PRUNED)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task's run directory holds: its phases in order, the one whose test figures are
+    the run's result, and whether it trains the rotation pretext on A (reads pretrain_epochs)."""
+
+    phases: tuple[str, ...]
+    result: str
+    pretext: bool
+    part_a: bool  # one of the assignment's part A (ResNet-18, the A/B split)
+
+
+_ROTATION = TaskSpec(("pretrain", "finetune"), "finetune", pretext=True, part_a=True)
+TASKS = {
+    "classify": TaskSpec(("train",), "train", pretext=False, part_a=False),
+    "rotation_pretrain": _ROTATION,
+    "rotation_probe": _ROTATION,  # the encoder frozen on B
+    "finetune": TaskSpec(("finetune",), "finetune", pretext=False, part_a=True),
+    "scratch": TaskSpec(("train",), "train", pretext=False, part_a=True),
+}
+PART_A = tuple(name for name, t in TASKS.items() if t.part_a)
+PRETEXT_TASKS = tuple(name for name, t in TASKS.items() if t.pretext)
+# The phases whose test figures are a run's result (rotation runs: the fine-tuned classifier).
+RESULT_PHASES = tuple(dict.fromkeys(t.result for t in TASKS.values()))
 
 
 def phase_results(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -18,7 +18,7 @@ from sweeper.errors import (
     ConfigError, Preempted, RunFailed, RunFileError, StorageError, SweeperError,
 )
 from sweeper.lock import LOCK_FILE, run_lock
-from sweeper.records import CONFIG_DIR, discard
+from sweeper.records import CONFIG_DIR, FINISHED, Status, discard
 from sweeper.rundir import ConfigFileError, config_changes, store_config
 from sweeper.tasks import Phase, build_phases
 from sweeper.train import (
@@ -27,10 +27,6 @@ from sweeper.train import (
 )
 
 IGNORABLE = (*VIT_SHAPE, "pretrain_epochs")  # keys some runs do not use
-
-# A rerun leaves these alone: `complete` is done, a `diverged` run would diverge again, and a
-# `pruned` one was stopped for good by its search.
-FINISHED = ("complete", "diverged", "pruned")
 
 
 def run(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
@@ -41,17 +37,17 @@ def run(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
     the device runs out of memory; `judge` may stop it after an epoch (a search's pruner)."""
     with Preemption.watch():  # from before training until the hand-off: no signal slips between
         summary = execute(s, run_dir, cfg, overrides, n_jobs=n_jobs, judge=judge)
-        if summary.get("status") == "preempted":
+        if summary.get("status") == Status.PREEMPTED:
             try:
                 Preemption.hand_off()  # under submitit: its handler requeues the job and exits
             except Exception as err:  # it would not requeue (submitit: timed out too many times)
-                summary.update(status="timeout", detail={**summary.get("detail", {}), "reason": str(err)})
+                summary.update(status=Status.TIMEOUT, detail={**summary.get("detail", {}), "reason": str(err)})
                 records.write_summary(run_dir, summary)
                 raise RunFailed(f"{run_dir} stopped at its time limit and was not requeued "
                                 f"({err}); rerun the same command to resume it") from None
             # stop the whole sweep here: the signal was meant for this process
             raise Preempted("pre-empted: rerun the same command to resume")
-    if summary.get("status") == "oom":
+    if summary.get("status") == Status.OOM:
         d = summary["detail"]
         raise RunFailed(f"out of memory on {summary['device']} training {s.model.name} at "
                         f"batch_size={d['batch_size']} with hydra.launcher.n_jobs={d['n_jobs']} "
@@ -94,7 +90,7 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
             return _train(s, device, run_dir, previous, max_epochs, n_jobs, judge)
         except OSError as err:  # disk full, unwritable dir: what was written stays valid
             try:  # a short file may still fit: the run is then not left `running`
-                records.write_summary(run_dir, {**read_summary(run_dir), "status": "failed",
+                records.write_summary(run_dir, {**read_summary(run_dir), "status": Status.FAILED,
                                                 "detail": {"reason": err.strerror or str(err)}})
             except OSError:
                 pass
@@ -141,29 +137,29 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
         print(records.console_line(row), flush=True)
         if board is not None:
             board.write(row)
-        summarise(run_dir, base, "running", prior_seconds + time.time() - started)
+        summarise(run_dir, base, Status.RUNNING, prior_seconds + time.time() - started)
 
-    summarise(run_dir, base, "running", prior_seconds)
+    summarise(run_dir, base, Status.RUNNING, prior_seconds)
     trainer = Trainer(s, device, run_dir, log, max_epochs, judge)
     try:
         outcome: Outcome = trainer.fit(phases)
     except RunFileError as err:  # its rows up to the checkpoint cannot be read
-        summarise(run_dir, base, "damaged", prior_seconds, {"reason": str(err)})
+        summarise(run_dir, base, Status.DAMAGED, prior_seconds, {"reason": str(err)})
         raise RunFileError(f"{run_dir / str(err)}: repair that line, or rerun with resume=false "
                            f"to start afresh (the run's files are kept aside)") from None
     except torch.OutOfMemoryError:
-        outcome = Outcome("oom", {"batch_size": s.batch_size, "n_jobs": n_jobs or 1})
+        outcome = Outcome(Status.OOM, {"batch_size": s.batch_size, "n_jobs": n_jobs or 1})
     finally:
         if board is not None:
             board.close()
-    if outcome.status == "complete":
+    if outcome.status == Status.COMPLETE:
         insight.write(run_dir, phases[-1].model.encoder, on_device, trainer.confusions)
     if s.compile:
         base["compiled_graphs"] = compiled_graphs()  # 0: it ran eager after all
     base["history"] = trainer.history
     summary = summarise(run_dir, base, outcome.status, prior_seconds + time.time() - started,
                         outcome.detail)
-    if outcome.status not in ("complete", "oom"):
+    if outcome.status not in (Status.COMPLETE, Status.OOM):
         print(f"run {outcome.status}: {outcome.detail}", flush=True)
     return summary
 

@@ -29,7 +29,7 @@ from optuna.trial import TrialState
 
 from sweeper.atomic import atomic_write_text
 from sweeper.errors import SearchError
-from sweeper.records import RESULT_PHASES, STUDY_CSV, STUDY_JSON, SUMMARY_FILE
+from sweeper.records import FINISHED, RESULT_PHASES, STUDY_CSV, STUDY_JSON, SUMMARY_FILE, Status
 
 TRIAL_ENV = "SWEEPER_TRIAL"  # in a trial's job: the Optuna trial id its epochs report to
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -150,19 +150,19 @@ def outcome(run_dir: Path, job_failed: Optional[str]) -> Optional[tuple[TrialSta
         summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     except (OSError, ValueError):
         summary = {}
-    status = summary.get("status", "failed" if job_failed else "unknown")
+    status = summary.get("status", Status.FAILED if job_failed else Status.UNKNOWN)
     attrs = {"run_dir": str(run_dir), "status": status,
              "test_acc": summary.get("final_test_acc"), "seconds": summary.get("wall_seconds")}
-    if job_failed and status not in ("complete", "pruned", "diverged"):
-        return TrialState.FAIL, None, {**attrs, "status": "failed", "error": job_failed}
-    if status == "complete":
+    if job_failed and status not in FINISHED:
+        return TrialState.FAIL, None, {**attrs, "status": Status.FAILED, "error": job_failed}
+    if status == Status.COMPLETE:
         value = summary.get("final_val_acc")
         if value is None or not math.isfinite(value):
             return TrialState.FAIL, None, {**attrs, "error": "no validation accuracy logged"}
         return TrialState.COMPLETE, float(value), attrs
-    if status == "pruned":
+    if status == Status.PRUNED:
         return TrialState.PRUNED, None, attrs
-    if status in ("diverged", "oom", "timeout"):
+    if status in (Status.DIVERGED, Status.OOM, Status.TIMEOUT):
         return TrialState.FAIL, None, attrs
     return None
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sweeper import checkpoint, records
-from sweeper.records import CHECKPOINT_FILE
+from sweeper.records import CHECKPOINT_FILE, Status
 from sweeper.config import Settings
 from sweeper.data.batches import epoch_seed
 from sweeper.tasks import Phase
@@ -34,7 +34,7 @@ Judge = Callable[[str, dict[str, Any]], bool]  # (phase, epoch's row) -> stop th
 
 @dataclass
 class Outcome:
-    status: str  # complete | preempted | diverged | stopped | pruned
+    status: Status  # complete, preempted, diverged, stopped or pruned
     detail: dict[str, Any] = field(default_factory=dict)
 
 
@@ -228,11 +228,11 @@ class Trainer:
                 resumed = state if index == at.phase else None
                 start = at if index == at.phase else Position(phase=index)
                 outcome = self._run_phase(phase, start, resumed)
-                if outcome.status != "complete":
+                if outcome.status != Status.COMPLETE:
                     return outcome
                 if phase.on_end:
                     phase.on_end(self.run_dir)
-        return Outcome("complete")
+        return Outcome(Status.COMPLETE)
 
     def _trim_rows(self, at: Position, phases: list[Phase]) -> None:
         """metrics.csv as of the checkpoint: rows logged after it belong to work that will be
@@ -282,13 +282,13 @@ class Trainer:
 
         for epoch in range(at.epoch, phase.epochs):
             if self.max_epochs is not None and epoch - at.epoch >= self.max_epochs:
-                return Outcome("stopped", {"phase": phase.name, "epoch": epoch})
+                return Outcome(Status.STOPPED, {"phase": phase.name, "epoch": epoch})
             part = at if epoch == at.epoch else Position(phase=at.phase, epoch=epoch)
             row, bad_step, stopped = self._train_epoch(phase, model, step_model, optimizer, part,
                                                        total, warmup, channels_last)
             if stopped is not None:
                 self._save(stopped, model, optimizer)
-                return Outcome("preempted", {"phase": phase.name, "epoch": epoch + 1,
+                return Outcome(Status.PREEMPTED, {"phase": phase.name, "epoch": epoch + 1,
                                              "step": stopped.step, "signal": Preemption.caught[-1]})
             row["test_loss"], row["test_acc"], confusion = self.evaluate(step_model, phase.test,
                                                                          channels_last)
@@ -300,14 +300,14 @@ class Trainer:
             records.append_row(self.run_dir, row)
             self.log(row)
             if bad_step >= 0 or not all(map(math.isfinite, (row["train_loss"], row["test_loss"]))):
-                return Outcome("diverged", {"phase": phase.name, "epoch": epoch + 1,
+                return Outcome(Status.DIVERGED, {"phase": phase.name, "epoch": epoch + 1,
                                             "step": bad_step if bad_step >= 0 else None})
             if self.judge is not None and epoch + 1 < phase.epochs and self.judge(phase.name, row):
-                return Outcome("pruned", {"phase": phase.name, "epoch": epoch + 1})
+                return Outcome(Status.PRUNED, {"phase": phase.name, "epoch": epoch + 1})
             done = Position(phase=at.phase, epoch=epoch + 1)
             if epoch + 1 == phase.epochs or time.monotonic() - self.last_save >= s.checkpoint_every:
                 self._save(done, model, optimizer)
-        return Outcome("complete")
+        return Outcome(Status.COMPLETE)
 
     def _train_epoch(self, phase: Phase, model: nn.Module, step_model: nn.Module,
                      optimizer: torch.optim.Optimizer, at: Position, total: int, warmup: int,

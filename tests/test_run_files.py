@@ -168,3 +168,26 @@ def test_random_study_files_are_skipped_never_raised(tmp_path, about, trials):
     (folder / "study.csv").write_bytes(trials)
     studies, problems = find(tmp_path)
     assert len(studies) + len(problems) == 1
+
+
+@pytest.mark.parametrize("task", ["classify", "rotation_pretrain", "rotation_probe", "scratch"])
+def test_each_task_trains_the_phases_the_catalogue_names_and_reports_its_result_phase(task):
+    from sweeper.config import _SCHEMAS
+    from sweeper.data.sources import synthetic
+    from sweeper.records import TASKS
+    from sweeper.tasks import build_phases
+    from test_recipes import settings
+
+    assert set(_SCHEMAS["task"]) == set(TASKS)  # the config offers exactly the catalogue's tasks
+    s = settings(f"task={task}", "model=resnet18", "data=synthetic", "model.stem=cifar")
+    phases = build_phases(s, synthetic(200, 40))
+    assert tuple(p.name for p in phases) == TASKS[task].phases
+    assert TASKS[task].result == phases[-1].name
+
+
+def test_a_status_is_written_and_read_as_its_plain_value(tmp_path):
+    from sweeper.records import FINISHED, Status, write_summary
+
+    write_summary(tmp_path, {"status": Status.PREEMPTED})
+    assert summary(tmp_path)["status"] == "preempted"
+    assert f"{Status.COMPLETE}" == "complete" and "pruned" in FINISHED
