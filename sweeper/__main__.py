@@ -1,5 +1,6 @@
 """`python -m sweeper ...`: Hydra composes the config, `validate` checks it, `run` does the rest."""
 
+import math
 from pathlib import Path
 
 import hydra
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper.config import register_configs, unused_keys, unused_message, validate
 from sweeper.errors import ConfigError, SweeperError
+from sweeper import stop
 from sweeper.records import discard
 from sweeper.rundir import override_keys, run_name
 
@@ -28,6 +30,11 @@ class JobFailed(CompactHydraException):
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    worker = hydra_cfg.mode == RunMode.MULTIRUN and stop.in_workers(hydra_cfg.launcher)
+    if worker and stop.Worker.told_to_stop():
+        print(f"run dir: {run_dir} | not started: the sweep is stopping", flush=True)
+        discard(run_dir)
+        return math.nan
     try:
         overrides = list(hydra_cfg.overrides.task)
         settings = validate(cfg)
@@ -44,6 +51,8 @@ def main(cfg: DictConfig) -> float:
         if code and hydra_cfg.mode == RunMode.MULTIRUN:
             raise JobFailed(f"error: run {run_dir} failed (its error is above); "
                             f"the other runs of the sweep went on") from None
+        if worker:  # pre-empted: the sweep's main process says so once its workers are done
+            return math.nan
         raise SystemExit(code) from None
 
 

@@ -126,6 +126,13 @@ def is_held(run_dir: Path) -> bool:
     return seen is not None and stale_reason(seen) is None
 
 
+def holder_pid(run_dir: Path) -> Optional[int]:
+    """The pid holding the run dir's lock on this host, or None."""
+    seen = _look(run_dir / LOCK_FILE)
+    holder = _holder(seen.text) if seen is not None and seen.kind == "file" else None
+    return holder[1] if holder and holder[0] == socket.gethostname() else None
+
+
 def _held_by(seen: Seen) -> str:
     if seen.kind != "file":
         return (f"{LOCK_FILE} is {seen.kind}, not a lock file: it is taken over once "

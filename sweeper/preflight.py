@@ -16,6 +16,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from sweeper import stop
 from sweeper.config import unused_keys, validate
 from sweeper.errors import ConfigError, StorageError, SweeperError
 from sweeper.rundir import override_keys
@@ -96,5 +97,13 @@ class Preflight(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_sweep(config)
+        except SweeperError as err:
+            raise SystemExit(err.show()) from None
+        if stop.in_workers(config.hydra.launcher):
+            stop.Sweep.forward_to_workers(Path(OmegaConf.select(config, "hydra.sweep.dir")))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            stop.Sweep.check()
         except SweeperError as err:
             raise SystemExit(err.show()) from None

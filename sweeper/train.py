@@ -19,14 +19,12 @@ from torch import nn
 
 from sweeper import checkpoint, records
 from sweeper.records import CHECKPOINT_FILE, Status
+from sweeper.stop import STOP_SIGNALS
 from sweeper.config import Settings
 from sweeper.data.batches import epoch_seed
 from sweeper.tasks import Phase
 
 CHECKPOINT_VERSION = 2
-# SIGTERM: pre-emption; SIGUSR1/SIGUSR2: time-limit warnings (SLURM's --signal, submitit's USR2);
-# SIGINT: Ctrl-C, a stop like the others rather than a traceback and a run left `running`.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
 
 Judge = Callable[[str, dict[str, Any]], bool]  # (phase, epoch's row) -> stop the run here

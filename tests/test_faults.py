@@ -324,3 +324,33 @@ def test_a_disk_that_fills_during_a_checkpoint_write_is_one_line(tmp_path, monke
     assert "\n" not in line and "No space left on device" in line and "unexpected pos" not in line
     assert not list((tmp_path / "run").glob(".checkpoint.pt.*"))  # no half-written file left
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_signal_to_a_joblib_sweep_preempts_its_workers_runs_and_leaves_no_worker(tmp_path):
+    """`timeout`, `kill` and schedulers signal only the sweep's main process: its workers'
+    runs must still checkpoint, record `preempted` and start no further run."""
+    sweep = tmp_path / "sweep"
+    slow = [a.replace("epochs=3", "epochs=12") for a in SLOW]
+    command = [*slow, "seed=0,1,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+               f"hydra.sweep.dir={sweep}", "-m"]
+    proc = subprocess.Popen([sys.executable, "-m", "sweeper", *command], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while len(list(sweep.glob("*/checkpoint.pt"))) < 2:  # both workers are training
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.05)
+    workers = [int((d / ".lock").read_text().split()[1]) for d in sweep.glob("*/") if (d / ".lock").exists()]
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "error: the sweep was stopped by SIGTERM: 2 running run(s) checkpointed" in out
+    assert "Traceback" not in out
+    runs = run_dirs(sweep)
+    assert [summary(r)["status"] for r in runs] == ["preempted", "preempted"]  # seed 2 not begun
+    assert all(summary(r)["epochs_done"] < 12 for r in runs)
+    time.sleep(1)
+    for pid in workers:  # no worker outlives the sweep
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    ok(sweeper(*command, timeout=600))  # the same command resumes the sweep
+    assert [(summary(r)["status"], len(metrics(r))) for r in run_dirs(sweep)] == [("complete", 12)] * 3
