@@ -25,7 +25,9 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 def check_writable(folder: Path) -> None:
-    """Create `folder` (if needed) and a file in it, or raise StorageError saying why."""
+    """Make sure a file can be made in `folder`, or raise StorageError saying why. The folders
+    made for the probe are removed again: a command that fails later leaves none behind."""
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -33,6 +35,12 @@ def check_writable(folder: Path) -> None:
         probe.unlink()
     except OSError as err:
         raise StorageError(f"cannot write the output folder {folder}: {err.strerror or err}") from None
+    finally:
+        for made_folder in made:
+            try:
+                made_folder.rmdir()
+            except OSError:  # not empty (another process uses it) or already gone
+                pass
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:

@@ -10,6 +10,7 @@ never a test one: a trial's test accuracy is only recorded beside it.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -35,26 +36,40 @@ TRIAL_ENV = "SWEEPER_TRIAL"  # in a trial's job: the Optuna trial id its epochs 
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def distribution(override: Override) -> BaseDistribution:
-    """Hydra's sweep syntax as an Optuna distribution: `interval(a, b)` (floats, or ints when
-    both ends are; `tag(log, interval(a, b))` samples on a log scale), `choice(...)`,
-    `range(start, stop, step)` (stop excluded, as Hydra's range)."""
+def distribution(override: Override, integer: bool = False) -> BaseDistribution:
+    """Hydra's sweep syntax as an Optuna distribution: `interval(a, b)` (`tag(log, interval(a,
+    b))` samples on a log scale), `choice(...)`, `range(start, stop, step)` (the values Hydra's
+    range gives: stop excluded). `integer`: the key's type is int, so an interval samples
+    integers (Hydra parses an interval's ends as floats)."""
     key, value = override.get_key_element(), override.value()
+    text = override.input_line or key
     if isinstance(value, IntervalSweep):
-        log = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log)
-        return FloatDistribution(float(value.start), float(value.end), log=log)
+        low, high, log = value.start, value.end, "log" in value.tags
+        if not low < high:
+            raise SearchError(f"{text}: interval(a, b) needs a < b")
+        if log and low <= 0:
+            raise SearchError(f"{text}: a log scale needs both ends above 0")
+        if integer or (isinstance(low, int) and isinstance(high, int)):
+            if not (float(low).is_integer() and float(high).is_integer()):
+                raise SearchError(f"{text}: {key} takes integers, so the interval's ends must be "
+                                  f"integers, e.g. interval({math.ceil(low)}, {math.floor(high)})")
+            return IntDistribution(int(low), int(high), log=log)
+        return FloatDistribution(float(low), float(high), log=log)
     if isinstance(value, ChoiceSweep):
         return CategoricalDistribution(list(value.list))
     if isinstance(value, RangeSweep):
         start, stop, step = value.start, value.stop, value.step
+        count = math.floor((stop - start) / step - 1e-9) + 1 if step else 0
+        if count <= 0:
+            raise SearchError(f"{text} holds no value: range(start, stop, step) gives start, "
+                              f"start + step, ... up to stop, excluded")
+        last = start + step * (count - 1)
+        low, high = min(start, last), max(start, last)
         if all(isinstance(v, int) for v in (start, stop, step)):
-            return IntDistribution(start, stop - 1 if step == 1 else stop - step, step=step)
-        last = start + step * math.floor((stop - start) / step - 1e-9)
-        return FloatDistribution(float(start), float(last), step=float(step))
-    raise SearchError(f"{key}={override.get_value_element_as_str()} is not a search range: "
-                      f"use interval(a, b), tag(log, interval(a, b)), choice(...) or range(...)")
+            return IntDistribution(low, high, step=abs(step))
+        return FloatDistribution(float(low), float(high), step=abs(float(step)))
+    raise SearchError(f"{text} is not a search range: use interval(a, b), "
+                      f"tag(log, interval(a, b)), choice(...) or range(...)")
 
 
 def storage_url(storage: Optional[str], sweep_dir: Path) -> str:
@@ -92,11 +107,50 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 def open_study(name: str, url: str, sampler: optuna.samplers.BaseSampler,
-               pruner: optuna.pruners.BasePruner) -> optuna.Study:
-    """The study (made, or reopened when it exists): it maximises validation accuracy."""
+               pruner: optuna.pruners.BasePruner, sweep_dir: Path) -> optuna.Study:
+    """The study (made, or reopened when it exists): it maximises validation accuracy. A
+    storage that cannot be opened is one line, and leaves no new file or folder behind."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=name, storage=_storage(url), direction="maximize",
-                               sampler=sampler, pruner=pruner, load_if_exists=True)
+    made = [p for p in (sweep_dir, *sweep_dir.parents) if not p.exists()]
+    default_db = sweep_dir / "study.db"
+    had_db = default_db.exists()
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        return optuna.create_study(study_name=name, storage=_storage(url), direction="maximize",
+                                   sampler=sampler, pruner=pruner, load_if_exists=True)
+    except Exception as err:  # SQLAlchemy's, the journal's and the OS's errors alike
+        if not had_db and default_db.exists() and url == storage_url(None, sweep_dir):
+            default_db.unlink()
+        for folder in made:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise SearchError(f"hydra.sweeper.storage={url!r} cannot be opened ({reason}): give an "
+                          f"SQLAlchemy URL (sqlite:///FILE, postgresql://...) or journal:FILE, "
+                          f"FILE in a folder that can be written") from None
+
+
+def continued_seed(seed: int, study: optuna.Study) -> int:
+    """The sampler's seed for a process that finds the study with n trials: the seed itself for
+    a new study, then one derived from (seed, n), so a reopened study's sampler does not repeat
+    the draws its first process made."""
+    n = len(study.get_trials(deepcopy=False))
+    return seed if n == 0 else int.from_bytes(
+        hashlib.sha256(f"{seed}:{n}".encode()).digest()[:4], "big")
+
+
+MAX_REPEATS = 50  # points asked in a row that were all tried before: the space is used up
+
+
+def same_point(study: optuna.Study, trial: optuna.trial.Trial) -> Optional[int]:
+    """The number of an earlier trial with exactly this trial's values (its run directory would
+    be this trial's), or None. A repeat is not run and not counted: a trial is never credited
+    with another trial's run."""
+    for other in study.get_trials(deepcopy=False):
+        if (other.number < trial.number and other.params == trial.params
+                and "duplicate_of" not in other.user_attrs):
+            return other.number
+    return None
 
 
 def check_same_command(study: optuna.Study, space: dict[str, BaseDistribution],
@@ -271,7 +325,9 @@ def unfinished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 
 
 def finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+    """Trials that ran to an end (repeats of an earlier point are not counted)."""
+    return sum("duplicate_of" not in t.user_attrs
+               for t in study.get_trials(deepcopy=False, states=FINISHED_STATES))
 
 
 def trial_overrides(fixed: Iterable[str], params: dict[str, Any],

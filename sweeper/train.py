@@ -300,7 +300,7 @@ class Trainer:
             if bad_step >= 0 or not all(map(math.isfinite, (row["train_loss"], row["test_loss"]))):
                 return Outcome(Status.DIVERGED, {"phase": phase.name, "epoch": epoch + 1,
                                             "step": bad_step if bad_step >= 0 else None})
-            if self.judge is not None and epoch + 1 < phase.epochs and self.judge(phase.name, row):
+            if self.judge is not None and self.judge(phase.name, row) and epoch + 1 < phase.epochs:
                 return Outcome(Status.PRUNED, {"phase": phase.name, "epoch": epoch + 1})
             done = Position(phase=at.phase, epoch=epoch + 1)
             if epoch + 1 == phase.epochs or time.monotonic() - self.last_save >= s.checkpoint_every:

@@ -149,3 +149,86 @@ def test_tensorboard_logs_the_same_rows_and_changes_nothing_else(tmp_path):
     events.Reload()
     logged = [(e.step, e.value) for e in events.Scalars("train/val_acc")]
     assert logged == [(int(r["epoch"]), pytest.approx(float(r["val_acc"]))) for r in rows]
+
+
+def test_extending_a_study_asks_new_points_and_credits_no_trial_with_another_run(tmp_path):
+    folder = tmp_path / "s"
+    ok(search(tmp_path, n_trials=3))
+    ok(search(tmp_path, n_trials=6))  # the sampler continues from the study, not from its seed
+    rows = trials(folder)
+    assert [r["state"] for r in rows] == ["complete"] * 6
+    assert len({r["lr"] for r in rows}) == 6 and len({r["run_dir"] for r in rows}) == 6
+    assert len(run_dirs(folder)) == 6
+
+
+def test_a_point_asked_again_is_not_run_nor_counted_and_a_used_up_space_ends(tmp_path):
+    fixed = ["weight_decay=0.05", "warmup_epochs=1", "label_smoothing=0.1"]
+    proc = ok(search(tmp_path, "lr=choice(1e-3, 2e-3)", *fixed, "hydra.sweeper.sampler=random",
+                     n_trials=4))
+    rows = trials(tmp_path / "s")
+    done = [r for r in rows if r["state"] == "complete"]
+    assert sorted(float(r["lr"]) for r in done) == [1e-3, 2e-3], proc.stdout
+    assert len(run_dirs(tmp_path / "s")) == 2
+    assert "the space has no new point left" in proc.stdout
+    repeats = [r for r in rows if r["state"] != "complete"]
+    assert repeats and all(r["state"] == "fail" and not r["run_dir"] for r in repeats)
+
+
+def test_every_epoch_of_the_result_phase_is_an_intermediate_value(tmp_path):
+    ok(search(tmp_path, "hydra.sweeper.pruner=median", n_trials=1))
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    trial = study.trials[0]
+    assert sorted(trial.intermediate_values) == [1, 2]
+    assert trial.intermediate_values[2] == trial.value
+
+
+def test_an_integer_key_gets_an_integer_distribution_from_an_interval(tmp_path):
+    ok(search(tmp_path, "batch_size=interval(16, 64)", n_trials=2))
+    sizes = [r["batch_size"] for r in trials(tmp_path / "s")]
+    assert sizes[0] == "50" and all(s.isdigit() and 16 <= int(s) <= 64 for s in sizes), sizes
+
+
+@pytest.mark.parametrize("override, values", [
+    ("range(0,10,3)", [0, 3, 6, 9]), ("range(1,10,4)", [1, 5, 9]), ("range(5,1,-1)", [2, 3, 4, 5]),
+    ("range(0,1,0.25)", [0.0, 0.25, 0.5, 0.75]),
+])
+def test_a_range_gives_the_values_hydras_range_gives(override, values):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from sweeper.search import distribution
+
+    d = distribution(OverridesParser.create().parse_overrides([f"a={override}"])[0])
+    got, v = [], d.low
+    while v <= d.high + 1e-12:
+        got.append(v)
+        v += d.step
+    assert got == pytest.approx(values)
+
+
+@pytest.mark.parametrize("args, key", [
+    (["hydra.sweeper.storage=notaurl://x"], "hydra.sweeper.storage"),
+    (["lr=interval(5,1)"], "lr=interval(5,1)"),
+    (["warmup_epochs=range(5,1)"], "warmup_epochs=range(5,1)"),
+    (["lr=tag(log, interval(0, 1e-3))"], "lr=tag(log, interval(0, 1e-3))"),
+    (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0"),
+    (["hydra.sweeper.n_trials=-1"], "hydra.sweeper.n_trials=-1"),
+    (["hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0"),
+    (["batch_size=interval(16.5, 64)"], "batch_size takes integers"),
+])
+def test_a_bad_search_setting_is_one_line_and_creates_nothing(tmp_path, args, key):
+    proc = search(tmp_path, *args)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and key in err[0], proc.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    proc = search(tmp_path, f"hydra.sweeper.storage=journal:{tmp_path / 'file' / 'journal.log'}")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "hydra.sweeper.storage=" in proc.stderr and not (tmp_path / "s").exists()
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.db").write_bytes(b"not a database" * 100)
+    proc = search(tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["study.db"]  # kept, nothing added

@@ -66,7 +66,9 @@ class OptunaSweeper(Sweeper):
             key = override.get_key_element()
             if override.is_sweep_override():
                 fixed.pop(key, None)
-                space[key.lstrip("+")] = search.distribution(override)
+                current = OmegaConf.select(self.config, key.lstrip("+"), default=None)
+                integer = isinstance(current, int) and not isinstance(current, bool)
+                space[key.lstrip("+")] = search.distribution(override, integer)
             else:
                 space.pop(key.lstrip("+"), None)
                 fixed[key] = override.input_line
@@ -93,29 +95,53 @@ class OptunaSweeper(Sweeper):
     def _sweep(self, search: Any, arguments: list[str]) -> list:
         import optuna
 
+        for key in ("n_trials", "n_jobs"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise search.SearchError(f"hydra.sweeper.{key}={value!r} is not allowed: "
+                                         f"a whole number of at least 1")
         space, fixed_by_key = self._space(search, arguments)
         fixed = list(fixed_by_key.values())
         self._check(search, space, fixed)
         sweep_dir = Path(self.config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         study = search.open_study(
             self.study_name or sweep_dir.name, search.storage_url(self.storage, sweep_dir),
             search.make_sampler(self.sampler, self.seed),
-            search.make_pruner(*self.pruner))
+            search.make_pruner(*self.pruner), sweep_dir)
         search.check_same_command(study, space, fixed)
+        # A reopened study's sampler continues from the study, not from its first draw.
+        study.sampler = search.make_sampler(self.sampler, search.continued_seed(self.seed, study))
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         if self.baseline and not study.get_trials(deepcopy=False):
             search.enqueue_baseline(study, space, self.config)
         resumed = [optuna.trial.Trial(study, t._trial_id) for t in search.unfinished(study)]
         if resumed:
             print(f"study {study.study_name}: resuming {len(resumed)} unfinished trial(s)", flush=True)
-        job_idx, returns, best = 0, [], None
+        job_idx, returns, best, repeats = 0, [], None, 0
         while True:
             batch, resumed = resumed[:self.n_jobs], resumed[self.n_jobs:]
             room = self.n_trials - search.finished(study) - len(batch) - len(resumed)
-            batch += [study.ask(space) for _ in range(max(0, min(self.n_jobs - len(batch), room)))]
+            for _ in range(max(0, min(self.n_jobs - len(batch), room))):
+                trial = study.ask(space)
+                earlier = search.same_point(study, trial)
+                if earlier is None:
+                    batch.append(trial)
+                    continue
+                repeats += 1
+                trial.set_user_attr("duplicate_of", earlier)
+                trial.set_user_attr("status", f"repeat of trial {earlier}")
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                print(f"trial {trial.number}: the point of trial {earlier} again, not run "
+                      f"(not counted)", flush=True)
             if not batch:
+                if room > 0 and repeats < search.MAX_REPEATS:
+                    continue
+                if room > 0:
+                    print(f"study {study.study_name}: {repeats} points asked in a row were "
+                          f"tried already: the space has no new point left", flush=True)
+                    best = search.write_tables(study, sweep_dir)["best"]
                 break
+            repeats = 0
             jobs = [search.trial_overrides(fixed, t.params, t._trial_id) for t in batch]
             results = self.launcher.launch(jobs, initial_job_idx=job_idx)
             job_idx += len(batch)
