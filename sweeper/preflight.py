@@ -78,8 +78,15 @@ def invalid_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[list[str], 
     return bad, sorted(unused or [])
 
 
+OFFICIAL_OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
 def check_sweep(config: DictConfig) -> None:
     """The sweep folder is writable and every job of a basic sweep is valid, or SweeperError."""
+    if config.hydra.sweeper.get("_target_") == OFFICIAL_OPTUNA:
+        raise ConfigError(f"hydra.sweeper._target_={OFFICIAL_OPTUNA} is Hydra's own Optuna "
+                          f"sweeper; this project's takes the same keys: drop the _target_ line "
+                          f"(hydra/sweeper=optuna sets hydra_plugins.sweeper_search.OptunaSweeper)")
     check_writable(Path(OmegaConf.select(config, "hydra.sweep.dir")))
     if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
         return  # another sweeper picks its jobs as it goes: each job validates itself

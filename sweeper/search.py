@@ -98,26 +98,93 @@ def make_pruner(name: str, startup_trials: int, warmup_epochs: int) -> optuna.pr
     raise SearchError(f"hydra.sweeper.pruner={name!r} is not allowed: median or none")
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":  # constant liar: a batch asked at once does not cluster on one point
-        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise SearchError(f"hydra.sweeper.sampler={name!r} is not allowed: tpe or random")
+def make_sampler(config: Any, seed: Optional[int],
+                 space: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+    """The sampler a `hydra/sweeper/sampler` option describes (`_target_` and its arguments, as
+    Hydra's own Optuna sweeper takes them), with `seed`; GridSampler gets the space's grid."""
+    from hydra.utils import instantiate
+
+    target = str(config.get("_target_", ""))
+    extra: dict[str, Any] = {"seed": seed}
+    if target.endswith("GridSampler"):
+        extra["search_space"] = grid(space)
+    try:
+        sampler = instantiate(config, **extra, _partial_=False)
+    except Exception as err:  # Hydra wraps the sampler's own TypeError or ImportError
+        cause = err.__cause__ or err
+        raise SearchError(f"hydra.sweeper.sampler ({target or 'no _target_'}) cannot be made: "
+                          f"{str(cause).strip().splitlines()[0][:200]}") from None
+    if not isinstance(sampler, optuna.samplers.BaseSampler):
+        raise SearchError(f"hydra.sweeper.sampler._target_={target} is not an Optuna sampler: "
+                          f"choose hydra/sweeper/sampler=tpe|random|cmaes|nsgaii|grid|qmc|gp")
+    return sampler
+
+
+def grid(space: dict[str, BaseDistribution]) -> dict[str, list[Any]]:
+    """Every value of each key, for GridSampler: choice() and range() only."""
+    out = {}
+    for key, d in space.items():
+        if isinstance(d, CategoricalDistribution):
+            out[key] = list(d.choices)
+        elif getattr(d, "step", None) is not None:
+            count = int(round((d.high - d.low) / d.step)) + 1
+            out[key] = [type(d.low)(d.low + i * d.step) for i in range(count)]
+        else:
+            raise SearchError(f"hydra/sweeper/sampler=grid needs a finite set of values, and "
+                              f"{key} is an interval: give it as choice(...) or range(...)")
+    return out
+
+
+def grid_size(space: dict[str, BaseDistribution]) -> int:
+    return math.prod(len(v) for v in grid(space).values())
+
+
+# What a trial can be judged on: its run's summary.json field and the metrics.csv column that
+# holds it per epoch (None: not known before the end, so no pruning on it).
+OBJECTIVES = {"val_acc": ("final_val_acc", "val_acc"), "val_loss": ("final_val_loss", "val_loss"),
+              "seconds": ("wall_seconds", None)}
+DIRECTIONS = ("maximize", "minimize")
+
+
+def objectives(direction: Any, objective: Any) -> tuple[list[str], list[str]]:
+    """(objective names, directions), one per objective. With no objective named, one direction
+    judges the validation accuracy (maximize) or the validation loss (minimize)."""
+    directions = [direction] if isinstance(direction, str) else list(direction or [])
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if not directions or bad:
+        raise SearchError(f"hydra.sweeper.direction={direction!r} is not allowed: maximize or "
+                          f"minimize, or a list of them, one per objective")
+    if objective is None:
+        if len(directions) > 1:
+            raise SearchError(f"hydra.sweeper.direction has {len(directions)} directions: name "
+                              f"as many objectives, e.g. hydra.sweeper.objective=[val_acc,seconds]")
+        return (["val_acc"] if directions[0] == "maximize" else ["val_loss"]), directions
+    names = [objective] if isinstance(objective, str) else list(objective)
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or len(names) != len(directions):
+        raise SearchError(f"hydra.sweeper.objective={objective!r} is not allowed: one of "
+                          f"{', '.join(OBJECTIVES)} per direction ({len(directions)})")
+    return names, directions
 
 
 def open_study(name: str, url: str, sampler: optuna.samplers.BaseSampler,
-               pruner: optuna.pruners.BasePruner, sweep_dir: Path) -> optuna.Study:
-    """The study (made, or reopened when it exists): it maximises validation accuracy. A
-    storage that cannot be opened is one line, and leaves no new file or folder behind."""
+               pruner: optuna.pruners.BasePruner, sweep_dir: Path,
+               directions: list[str]) -> optuna.Study:
+    """The study (made, or reopened when it exists). A storage that cannot be opened is one
+    line, and leaves no new file or folder behind."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     made = [p for p in (sweep_dir, *sweep_dir.parents) if not p.exists()]
     default_db = sweep_dir / "study.db"
     had_db = default_db.exists()
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        return optuna.create_study(study_name=name, storage=_storage(url), direction="maximize",
-                                   sampler=sampler, pruner=pruner, load_if_exists=True)
+        storage = _storage(url)
+        try:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler,
+                                      pruner=pruner)
+        except KeyError:  # no such study yet
+            return optuna.create_study(study_name=name, storage=storage, directions=directions,
+                                       sampler=sampler, pruner=pruner)
     except Exception as err:  # SQLAlchemy's, the journal's and the OS's errors alike
         if not had_db and default_db.exists() and url == storage_url(None, sweep_dir):
             default_db.unlink()
@@ -128,6 +195,21 @@ def open_study(name: str, url: str, sampler: optuna.samplers.BaseSampler,
         raise SearchError(f"hydra.sweeper.storage={url!r} cannot be opened ({reason}): give an "
                           f"SQLAlchemy URL (sqlite:///FILE, postgresql://...) or journal:FILE, "
                           f"FILE in a folder that can be written") from None
+    have = [d.name.lower() for d in study.directions]
+    if have != directions:
+        raise SearchError(f"study {name!r} was begun with direction {have}, not {directions}: give "
+                          f"another hydra.sweeper.study_name or hydra.sweep.dir for a new study")
+    return study
+
+
+def name_metrics(study: optuna.Study, names: list[str]) -> None:
+    """The objectives' names, which optuna-dashboard shows instead of "Objective 0"."""
+    import warnings
+
+    with warnings.catch_warnings():  # an experimental API of Optuna's, stable in practice
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if study.metric_names != names:
+            study.set_metric_names(names)
 
 
 def continued_seed(seed: int, study: optuna.Study) -> int:
@@ -196,24 +278,27 @@ def _contains(d: BaseDistribution, value: Any) -> bool:
     return isinstance(value, (int, float)) and d.low <= value <= d.high
 
 
-def outcome(run_dir: Path, job_failed: Optional[str]) -> Optional[tuple[TrialState, Optional[float], dict]]:
-    """What to tell the study about the trial run in `run_dir`: (state, value, attributes), or
-    None when it is not finished (pre-empted, or run by another process): it stays RUNNING and
-    a rerun of the search resumes it."""
+def outcome(run_dir: Path, job_failed: Optional[str], names: list[str] = ["val_acc"],
+            sweep_dir: Optional[Path] = None) -> Optional[tuple[TrialState, Optional[list[float]], dict]]:
+    """What to tell the study about the trial run in `run_dir`: (state, values of the named
+    objectives, attributes), or None when it is not finished (pre-empted, or run by another
+    process): it stays RUNNING and a rerun of the search resumes it."""
     try:
         summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     except (OSError, ValueError):
         summary = {}
     status = summary.get("status", Status.FAILED if job_failed else Status.UNKNOWN)
-    attrs = {"run_dir": str(run_dir), "status": status,
+    shown = _relative(str(run_dir), sweep_dir) if sweep_dir is not None else str(run_dir)
+    attrs = {"run_dir": shown, "status": status, "val_acc": summary.get("final_val_acc"),
+             "val_loss": summary.get("final_val_loss"),
              "test_acc": summary.get("final_test_acc"), "seconds": summary.get("wall_seconds")}
     if job_failed and status not in FINISHED:
         return TrialState.FAIL, None, {**attrs, "status": Status.FAILED, "error": job_failed}
     if status == Status.COMPLETE:
-        value = summary.get("final_val_acc")
-        if value is None or not math.isfinite(value):
-            return TrialState.FAIL, None, {**attrs, "error": "no validation accuracy logged"}
-        return TrialState.COMPLETE, float(value), attrs
+        values = [summary.get(OBJECTIVES[n][0]) for n in names]
+        if any(v is None or not math.isfinite(v) for v in values):
+            return TrialState.FAIL, None, {**attrs, "error": f"no {', '.join(names)} logged"}
+        return TrialState.COMPLETE, [float(v) for v in values], attrs
     if status == Status.PRUNED:
         return TrialState.PRUNED, None, attrs
     if status in (Status.DIVERGED, Status.OOM, Status.TIMEOUT):
@@ -228,6 +313,10 @@ def judge_from_env(sweeper_cfg: Any, sweep_dir: Path) -> Optional[Any]:
     trial_id = os.environ.get(TRIAL_ENV)
     if trial_id is None or sweeper_cfg.get("pruner", "none") == "none":
         return None
+    names, _ = objectives(sweeper_cfg.get("direction", "maximize"), sweeper_cfg.get("objective"))
+    column = OBJECTIVES[names[0]][1]
+    if len(names) > 1 or column is None:  # Optuna prunes on one objective known every epoch
+        return None
     study = optuna.load_study(
         study_name=sweeper_cfg.study_name or sweep_dir.name,
         storage=_storage(storage_url(sweeper_cfg.storage, sweep_dir)),
@@ -237,9 +326,9 @@ def judge_from_env(sweeper_cfg: Any, sweep_dir: Path) -> Optional[Any]:
     trial = optuna.trial.Trial(study, int(trial_id))
 
     def judge(phase: str, row: dict[str, Any]) -> bool:
-        if phase not in RESULT_PHASES or "val_acc" not in row:
+        if phase not in RESULT_PHASES or column not in row:
             return False
-        trial.report(float(row["val_acc"]), step=int(row["epoch"]))
+        trial.report(float(row[column]), step=int(row["epoch"]))
         return trial.should_prune()
 
     return judge
@@ -258,40 +347,61 @@ def write_tables(study: optuna.Study, sweep_dir: Path) -> dict[str, Any]:
     params = sorted({k for t in trials for k in t.params})
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["trial", "state", "val_acc", "test_acc", "status", "seconds", *params, "run_dir"])
+    writer.writerow(["trial", "state", "val_acc", "val_loss", "test_acc", "status", "seconds",
+                     *params, "run_dir"])
     for t in trials:
         a = t.user_attrs
         writer.writerow(["" if c is None else c for c in (
-            t.number, t.state.name.lower(), t.value, a.get("test_acc"), a.get("status", ""),
-            a.get("seconds"), *(t.params.get(k) for k in params),
+            t.number, t.state.name.lower(), _val_acc(t), a.get("val_loss"), a.get("test_acc"),
+            a.get("status", ""), a.get("seconds"), *(t.params.get(k) for k in params),
             _relative(a.get("run_dir", ""), sweep_dir))])
     atomic_write_text(sweep_dir / STUDY_CSV, out.getvalue())
 
     done = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(done, key=lambda t: t.value) if done else None
+    directions = [d.name.lower() for d in study.directions]
+    names = study.metric_names or ["val_acc"]
+    if len(directions) == 1:
+        pick = max if directions[0] == "maximize" else min
+        front = [pick(done, key=lambda t: t.values[0])] if done else []
+    else:  # several objectives: the Pareto front, earliest first
+        front = sorted(study.best_trials, key=lambda t: t.number) if done else []
+    best = front[0] if front else None
     summary = {
         "study": study.study_name,
-        "direction": "maximize",
-        "metric": "val_acc",
+        "direction": directions[0] if len(directions) == 1 else directions,
+        "metric": names[0] if len(names) == 1 else names,
+        "pareto": [t.number for t in front] if len(directions) > 1 else None,
         "space": {k: describe(optuna.distributions.json_to_distribution(v))
                   for k, v in (study.user_attrs.get("space") or {}).items()},
         "fixed": study.user_attrs.get("fixed"),
         "trials": {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState},
         "best": None if best is None else {
-            "trial": best.number, "val_acc": best.value, "params": best.params,
+            "trial": best.number, "val_acc": _val_acc(best), "values": best.values,
+            "params": best.params,
             "test_acc": best.user_attrs.get("test_acc"),
             "run_dir": _relative(best.user_attrs.get("run_dir", ""), sweep_dir)},
-        "baseline": next(({"trial": t.number, "state": t.state.name.lower(), "val_acc": t.value,
+        "baseline": next(({"trial": t.number, "state": t.state.name.lower(), "val_acc": _val_acc(t),
                            "params": t.params, "test_acc": t.user_attrs.get("test_acc")}
                           for t in trials if t.user_attrs.get("baseline")), None),
         "importances": importances(study, len(done)),
     }
+    if summary["pareto"] is None:
+        del summary["pareto"]
     atomic_write_text(sweep_dir / STUDY_JSON, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
+def _val_acc(t: optuna.trial.FrozenTrial) -> Optional[float]:
+    """A trial's validation accuracy (studies made before it was recorded: their value)."""
+    if "val_acc" in t.user_attrs:
+        return t.user_attrs["val_acc"]
+    return t.value if len(t.values or []) == 1 else None
+
+
 def _relative(run_dir: str, sweep_dir: Path) -> str:
     """A trial's run directory as the sweep folder's subfolder, so the tables move with it."""
+    if not Path(run_dir).is_absolute():
+        return run_dir
     try:
         return str(Path(run_dir).resolve().relative_to(sweep_dir.resolve()))
     except ValueError:
@@ -313,7 +423,8 @@ def importances(study: optuna.Study, completed: int) -> Optional[dict[str, float
         return None
     try:
         ranked = optuna.importance.get_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator(),
+            target=(lambda t: t.values[0]) if len(study.directions) > 1 else None)
     except (RuntimeError, ValueError):  # too few distinct values to tell the parameters apart
         return None
     return {k: round(float(v), 4) for k, v in ranked.items()}

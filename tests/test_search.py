@@ -120,7 +120,7 @@ def test_diverged_trials_fail_and_the_study_goes_on(tmp_path):
 
 def test_the_median_pruner_stops_a_hopeless_trial(tmp_path):
     proc = ok(search(tmp_path, "lr=choice(3e-3, 1e-9)",
-                     "hydra.sweeper.pruner=median", "hydra.sweeper.sampler=random",
+                     "hydra.sweeper.pruner=median", "hydra/sweeper/sampler=random",
                      "hydra.sweeper.n_jobs=1",
                      "hydra.sweeper.pruner_startup_trials=1", "hydra.sweeper.pruner_warmup_epochs=0",
                      "epochs=3", n_trials=4))
@@ -163,7 +163,7 @@ def test_extending_a_study_asks_new_points_and_credits_no_trial_with_another_run
 
 def test_a_point_asked_again_is_not_run_nor_counted_and_a_used_up_space_ends(tmp_path):
     fixed = ["weight_decay=0.05", "warmup_epochs=1", "label_smoothing=0.1"]
-    proc = ok(search(tmp_path, "lr=choice(1e-3, 2e-3)", *fixed, "hydra.sweeper.sampler=random",
+    proc = ok(search(tmp_path, "lr=choice(1e-3, 2e-3)", *fixed, "hydra/sweeper/sampler=random",
                      n_trials=4))
     rows = trials(tmp_path / "s")
     done = [r for r in rows if r["state"] == "complete"]
@@ -232,3 +232,114 @@ def test_a_storage_that_cannot_be_opened_is_one_line(tmp_path):
     proc = search(tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["study.db"]  # kept, nothing added
+
+
+# Hydra's own Optuna sweeper's example (its docs and plugin repository), with this project's
+# keys in place of the example's x and y: it runs as written.
+OFFICIAL_EXAMPLE = """# @package _global_
+defaults:
+  - override /hydra/sweeper: optuna
+  - override /hydra/sweeper/sampler: grid
+
+hydra:
+  sweeper:
+    direction: minimize
+    study_name: sphere
+    storage: null
+    n_trials: 20
+    n_jobs: 1
+    params:
+      lr: range(0.001, 0.003, step=0.001)
+      warmup_epochs: choice(0, 1, 2)
+"""
+
+
+def official(tmp_path, text, *args):
+    (tmp_path / "conf" / "hparams_search").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "conf" / "hparams_search" / "official.yaml").write_text(text)
+    return sweeper("--config-dir", str(tmp_path / "conf"), "hparams_search=official", *DATA,
+                   "epochs=2", f"hydra.sweep.dir={tmp_path / 's'}", *args, "-m")
+
+
+def test_the_official_plugins_example_config_runs_as_written(tmp_path):
+    proc = ok(official(tmp_path, OFFICIAL_EXAMPLE))
+    rows = trials(tmp_path / "s")
+    points = {(float(r["lr"]), int(r["warmup_epochs"])) for r in rows}
+    assert [r["state"] for r in rows] == ["complete"] * 6, proc.stdout  # the grid: 2 x 3 points
+    assert points == {(lr, w) for lr in (0.001, 0.002) for w in (0, 1, 2)}
+    about = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert (about["study"], about["direction"], about["metric"]) == ("sphere", "minimize", "val_loss")
+    best = min(rows, key=lambda r: float(r["val_loss"]))
+    assert about["best"]["trial"] == int(best["trial"])
+    study = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    assert study.metric_names == ["val_loss"]  # optuna-dashboard names the objective
+    assert all(not t.user_attrs["run_dir"].startswith("/") for t in study.trials)
+
+
+def test_several_objectives_give_a_pareto_front(tmp_path):
+    ok(search(tmp_path, "hydra/sweeper/sampler=nsgaii", "hydra.sweeper.direction=[maximize,minimize]",
+              "hydra.sweeper.objective=[val_acc,seconds]", n_trials=3))
+    about = json.loads((tmp_path / "s" / "study.json").read_text())
+    assert about["direction"] == ["maximize", "minimize"] and about["metric"] == ["val_acc", "seconds"]
+    assert about["pareto"] and about["best"]["trial"] == about["pareto"][0]
+    assert [r["state"] for r in trials(tmp_path / "s")] == ["complete"] * 3
+
+
+def test_a_custom_search_space_adds_values_from_code(tmp_path):
+    (tmp_path / "space.py").write_text(
+        "def configure(cfg, trial):\n"
+        "    trial.suggest_float('label_smoothing', 0.0, 0.2)\n")
+    proc = sweeper("hparams_search=vit", *DATA, "epochs=2", f"hydra.sweep.dir={tmp_path / 's'}",
+                   "hydra.sweeper.n_trials=2", "hydra.sweeper.pruner=none",
+                   "hydra.sweeper.params={lr: 'interval(1e-4, 1e-2)'}",
+                   "hydra.sweeper.custom_search_space=space.configure", "-m",
+                   env={"PYTHONPATH": str(tmp_path)})
+    ok(proc)
+    rows = trials(tmp_path / "s")
+    assert all(0.0 <= float(r["label_smoothing"]) <= 0.2 for r in rows)
+    for r in rows:  # the suggested value is what the trial's run trained with
+        config = (tmp_path / "s" / r["run_dir"] / ".hydra" / "config.yaml").read_text()
+        assert f"label_smoothing: {float(r['label_smoothing'])}" in config
+
+
+@pytest.mark.parametrize("args, names", [
+    (["+hydra.sweeper.search_space={}"], "hydra.sweeper.params"),
+    (["+hydra.sweeper.colour=red"], "hydra.sweeper.colour"),
+    (["hydra.sweeper.direction=sideways"], "hydra.sweeper.direction"),
+    (["hydra.sweeper.direction=[maximize,minimize]"], "hydra.sweeper.objective"),
+    (["hydra.sweeper.objective=test_acc"], "hydra.sweeper.objective"),
+    (["hydra.sweeper.max_failure_rate=2"], "hydra.sweeper.max_failure_rate"),
+    (["hydra.sweeper._target_=hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"],
+     "hydra_plugins.sweeper_search.OptunaSweeper"),
+    (["hydra/sweeper/sampler=grid"], "choice(...) or range(...)"),
+])
+def test_a_key_that_cannot_be_honoured_is_one_line_naming_what_to_write(tmp_path, args, names):
+    proc = search(tmp_path, *args)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and names in err[0], proc.stderr
+    assert not (tmp_path / "s" / "study.db").exists()
+
+
+def test_max_failure_rate_stops_the_study_as_the_official_plugin_does(tmp_path):
+    proc = search(tmp_path, "lr=choice(1e12)", "hydra.sweeper.max_failure_rate=0.0",
+                  "hydra.sweeper.n_jobs=1", n_trials=3)
+    assert proc.returncode == 2 and "max_failure_rate=0.0" in proc.stderr, proc.stderr
+    assert len(trials(tmp_path / "s")) == 1
+
+
+@pytest.mark.parametrize("override, expected", [  # the official plugin's parsing cases
+    ("key=choice(1,2)", optuna.distributions.CategoricalDistribution([1, 2])),
+    ("key=choice(true, false)", optuna.distributions.CategoricalDistribution([True, False])),
+    ("key=choice('hello', 'world')", optuna.distributions.CategoricalDistribution(["hello", "world"])),
+    ("key=range(1,3)", optuna.distributions.IntDistribution(1, 2)),
+    ("key=interval(1, 5)", optuna.distributions.FloatDistribution(1, 5)),
+    ("key=int(interval(1, 5))", optuna.distributions.IntDistribution(1, 5)),
+    ("key=tag(log, interval(1, 5))", optuna.distributions.FloatDistribution(1, 5, log=True)),
+    ("key=tag(log, int(interval(1, 5)))", optuna.distributions.IntDistribution(1, 5, log=True)),
+    ("key=range(0.5, 5.5, step=1)", optuna.distributions.FloatDistribution(0.5, 4.5, step=1)),
+])
+def test_sweep_syntax_becomes_the_distribution_the_official_plugin_makes(override, expected):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from sweeper.search import distribution
+
+    assert distribution(OverridesParser.create().parse_overrides([override])[0]) == expected

@@ -24,17 +24,31 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 
+# Keys of Hydra's own Optuna sweeper this one does not take, and what to write instead.
+INSTEAD = {"search_space": "hydra.sweeper.params (Hydra's sweep syntax)"}
+
+
 class OptunaSweeper(Sweeper):
-    def __init__(self, n_trials: int, n_jobs: int, study_name: Optional[str],
-                 storage: Optional[str], sampler: str, seed: int,
-                 pruner: str, pruner_startup_trials: int, pruner_warmup_epochs: int,
-                 baseline: bool = True, params: Optional[dict[str, str]] = None) -> None:
+    """Takes the keys of Hydra's own Optuna sweeper (hydra-optuna-sweeper), so its users'
+    configs run as they are written, and this project's: objective, pruner, baseline."""
+
+    def __init__(self, sampler: Any, direction: Any = "maximize", objective: Any = None,
+                 n_trials: int = 20, n_jobs: int = 2, study_name: Optional[str] = None,
+                 storage: Optional[str] = None, max_failure_rate: float = 1.0,
+                 custom_search_space: Optional[str] = None,
+                 params: Optional[dict[str, str]] = None, pruner: str = "median",
+                 pruner_startup_trials: int = 3, pruner_warmup_epochs: int = 1,
+                 baseline: bool = True, **unknown: Any) -> None:
+        self.sampler_config = sampler
+        self.direction, self.objective = direction, objective
         self.n_trials, self.n_jobs = n_trials, n_jobs
         self.study_name, self.storage = study_name, storage
-        self.sampler, self.seed = sampler, seed
+        self.max_failure_rate = max_failure_rate
+        self.custom_search_space = custom_search_space
         self.pruner = (pruner, pruner_startup_trials, pruner_warmup_epochs)
         self.baseline = baseline
         self.params = dict(params or {})
+        self.unknown = unknown
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -95,24 +109,42 @@ class OptunaSweeper(Sweeper):
     def _sweep(self, search: Any, arguments: list[str]) -> list:
         import optuna
 
+        for key in self.unknown:
+            raise search.SearchError(
+                f"hydra.sweeper.{key} is not a key of this sweeper"
+                + (f": write {INSTEAD[key]}" if key in INSTEAD else
+                   ": see conf/hydra/sweeper/optuna.yaml for its keys"))
         for key in ("n_trials", "n_jobs"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise search.SearchError(f"hydra.sweeper.{key}={value!r} is not allowed: "
                                          f"a whole number of at least 1")
+        if not 0.0 <= float(self.max_failure_rate) <= 1.0:
+            raise search.SearchError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate!r} "
+                                     f"is not allowed: a fraction from 0.0 to 1.0")
+        names, directions = search.objectives(self.direction, self.objective)
+        extend = self._extender(search)
         space, fixed_by_key = self._space(search, arguments)
         fixed = list(fixed_by_key.values())
         self._check(search, space, fixed)
+        seed = self.sampler_config.get("seed")
+        is_grid = str(self.sampler_config.get("_target_", "")).endswith("GridSampler")
+        n_trials = min(self.n_trials, search.grid_size(space)) if is_grid else self.n_trials
         sweep_dir = Path(self.config.hydra.sweep.dir)
         study = search.open_study(
             self.study_name or sweep_dir.name, search.storage_url(self.storage, sweep_dir),
-            search.make_sampler(self.sampler, self.seed),
-            search.make_pruner(*self.pruner), sweep_dir)
-        search.check_same_command(study, space, fixed)
+            search.make_sampler(self.sampler_config, seed, space),
+            search.make_pruner(*self.pruner), sweep_dir, directions)
+        named = [f"hydra.sweeper.objective={n}" for n in names if names != ["val_acc"]]
+        if self.custom_search_space:
+            named.append(f"hydra.sweeper.custom_search_space={self.custom_search_space}")
+        search.check_same_command(study, space, [*fixed, *named])
+        search.name_metrics(study, names)
         # A reopened study's sampler continues from the study, not from its first draw.
-        study.sampler = search.make_sampler(self.sampler, search.continued_seed(self.seed, study))
+        study.sampler = search.make_sampler(
+            self.sampler_config, None if seed is None else search.continued_seed(seed, study), space)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        if self.baseline and not study.get_trials(deepcopy=False):
+        if self.baseline and not is_grid and not study.get_trials(deepcopy=False):
             search.enqueue_baseline(study, space, self.config)
         resumed = [optuna.trial.Trial(study, t._trial_id) for t in search.unfinished(study)]
         if resumed:
@@ -120,9 +152,11 @@ class OptunaSweeper(Sweeper):
         job_idx, returns, best, repeats = 0, [], None, 0
         while True:
             batch, resumed = resumed[:self.n_jobs], resumed[self.n_jobs:]
-            room = self.n_trials - search.finished(study) - len(batch) - len(resumed)
+            room = n_trials - search.finished(study) - len(batch) - len(resumed)
             for _ in range(max(0, min(self.n_jobs - len(batch), room))):
                 trial = study.ask(space)
+                if extend is not None:
+                    extend(self.config, trial)
                 earlier = search.same_point(study, trial)
                 if earlier is None:
                     batch.append(trial)
@@ -146,29 +180,57 @@ class OptunaSweeper(Sweeper):
             results = self.launcher.launch(jobs, initial_job_idx=job_idx)
             job_idx += len(batch)
             returns.append(results)
-            told = [self._tell(search, study, trial, result) for trial, result in zip(batch, results)]
+            told = [self._tell(search, study, trial, result, names, sweep_dir)
+                    for trial, result in zip(batch, results)]
             best = search.write_tables(study, sweep_dir)["best"]
-            if not any(told):  # pre-empted, or held by another search: asking more would not end
+            failed = told.count(optuna.trial.TrialState.FAIL)
+            if failed / len(batch) > self.max_failure_rate:
+                raise search.SearchError(
+                    f"{failed} of the {len(batch)} trials of the last batch failed, more than "
+                    f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows: the study "
+                    f"stops here ({sweep_dir / search.STUDY_CSV} lists them)")
+            if all(state is None for state in told):  # pre-empted, or held by another search: asking more would not end
                 print(f"study {study.study_name}: no trial of this batch finished; rerun the "
                       f"command to resume them", flush=True)
                 break
         if best is not None:
-            print(f"study {study.study_name}: best trial {best['trial']}, val acc "
-                  f"{best['val_acc']:.4f}, {best['params']} ({sweep_dir / search.STUDY_CSV})", flush=True)
+            values = ", ".join(f"{n} {v:.4f}" for n, v in zip(names, best["values"]))
+            print(f"study {study.study_name}: best trial {best['trial']}, {values}, "
+                  f"{best['params']} ({sweep_dir / search.STUDY_CSV})", flush=True)
         return returns
 
-    def _tell(self, search: Any, study: Any, trial: Any, result: Any) -> bool:
-        """Tell the study how the trial's run ended; False if it has not ended."""
+    def _extender(self, search: Any) -> Any:
+        """`custom_search_space`: a function (cfg, trial) that suggests more values per trial."""
+        if not self.custom_search_space:
+            return None
+        from hydra.utils import get_method
+
+        try:
+            return get_method(self.custom_search_space)
+        except Exception as err:
+            raise search.SearchError(f"hydra.sweeper.custom_search_space="
+                                     f"{self.custom_search_space} cannot be imported: "
+                                     f"{str(err.__cause__ or err).splitlines()[0]}") from None
+
+    def _tell(self, search: Any, study: Any, trial: Any, result: Any, names: list[str],
+              sweep_dir: Path) -> Any:
+        """Tell the study how the trial's run ended: the state told, or None if it has not
+        ended."""
         run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
         error = str(result._return_value) if result.status == JobStatus.FAILED else None
-        told = search.outcome(run_dir, error)
+        told = search.outcome(run_dir, error, names, sweep_dir)
         if told is None:
             print(f"trial {trial.number}: not finished ({run_dir}); a rerun resumes it", flush=True)
-            return False
-        state, value, attrs = told
+            return None
+        state, values, attrs = told
         for key, v in attrs.items():
             trial.set_user_attr(key, v)
-        study.tell(trial, value, state=state)
-        shown = f"val acc {value:.4f}" if value is not None else attrs["status"]
+        try:
+            study.tell(trial, values, state=state)
+        except RuntimeError as err:  # GridSampler asks to stop once the grid is done: it is
+            if "Study.stop" not in str(err):  # recorded all the same, and the loop ends there
+                raise
+        shown = (", ".join(f"{n} {v:.4f}" for n, v in zip(names, values)) if values is not None
+                 else attrs["status"])
         print(f"trial {trial.number}: {shown} | {trial.params}", flush=True)
-        return True
+        return state
