@@ -27,9 +27,14 @@ NOT_SETTINGS = {"device", "compile", "eval_batch_size", "data.root", "data.cache
                 "resume", "checkpoint_every", "logger"}
 
 
+# metrics.csv's `lr` is the learning rate of an epoch's last step; in the frames it is named so,
+# apart from the `lr` setting that a sweep over lr puts beside it.
+EPOCH_RENAMES = {"lr": "lr_last_step"}
+
+
 @dataclass
 class Collection:
-    runs: pd.DataFrame  # one row per run
+    runs: pd.DataFrame  # one row per run: every config key (typed), then the results
     epochs: pd.DataFrame  # one row per run and logged epoch
     settings: list[str]  # config keys whose values differ between the runs (seed excluded)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run -> flat config
@@ -91,7 +96,7 @@ def _metrics(run_dir: Path) -> pd.DataFrame:
         raise ValueError(str(error))
     if not rows:
         raise ValueError(f"{METRICS_FILE} has no epochs")
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).rename(columns=EPOCH_RENAMES)
 
 
 def planned_epochs(config: dict[str, Any], summary: dict[str, Any]) -> Any:
@@ -150,14 +155,35 @@ def collect(root: Path, exclude: set[Path] = frozenset()) -> Collection:
     epochs = [e for e in epochs if e["run"].iloc[0] in configs]
     settings = _varying(configs)
     runs = pd.DataFrame(rows)
-    for key in settings:  # object columns: an integer setting stays 4, never 4.0
-        runs[key] = pd.Series([configs[r].get(key) for r in runs["run"]], index=runs.index,
-                              dtype=object) if len(runs) else []
+    if len(runs):
+        keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c)
+                if k not in runs.columns]
+        typed = {k: typed_column([configs[r].get(k) for r in runs["run"]]) for k in keys}
+        results = runs.drop(columns=["run", "task", "status", "seed"])
+        runs = pd.concat([runs[["run", "task", "status", "seed"]],
+                          pd.DataFrame(typed, index=runs.index), results], axis=1)
     epoch_frame = pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame()
     if len(epoch_frame):
         joined = ["task", "status", "seed", *settings]
         epoch_frame = epoch_frame.merge(runs[["run", *joined]], on="run")
     return Collection(runs, epoch_frame, settings, configs, problems)
+
+
+def typed_column(values: list[Any]) -> pd.Series:
+    """A setting's values as the column a notebook wants: integers as nullable integers (4, never
+    4.0), floats, booleans, and text (or text mixed with numbers: cls_layer first/5/last) as a
+    category; a run that lacks the key has <NA>."""
+    if any(isinstance(v, (list, dict)) for v in values):
+        return pd.Series([json.dumps(v, default=str) if v is not None else None for v in values],
+                         dtype="string")
+    kinds = {type(v) for v in values if v is not None}
+    if kinds == {bool}:
+        return pd.Series(values, dtype="boolean")
+    if kinds == {int}:
+        return pd.Series(values, dtype="Int64")
+    if kinds and kinds <= {int, float}:
+        return pd.Series(values, dtype="Float64")
+    return pd.Series([None if v is None else str(v) for v in values], dtype="category")
 
 
 def _twins(rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]]) -> dict[str, str]:

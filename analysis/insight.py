@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from analysis.plots import short, wrap  # noqa: E402
 from analysis.tables import Table  # noqa: E402
 from sweeper.records import Status  # noqa: E402
 
@@ -52,7 +53,8 @@ def per_class_markdown(table: Table, root: Path) -> Optional[str]:
             columns[name] = (acc.mean(axis=1), acc.std(axis=1), acc.shape[1])
     if not columns:
         return None
-    classes = next(iter(columns.values()))[0].index
+    # every group's classes (a folder dataset's c0..c9 beside CIFAR-10's names), in order seen
+    classes = list(dict.fromkeys(c for mean, _, _ in columns.values() for c in mean.index))
     head = ["class", *columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in classes:
@@ -80,16 +82,16 @@ def confusion_figure(title: str, runs: list[str], root: Path, path: Path,
     if matrix is None:
         return None
     rates = matrix.div(matrix.sum(axis=1).replace(0, 1), axis=0).to_numpy(dtype=float)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(matrix), 0.8 + 0.5 * len(matrix)))
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(matrix), 0.8 + 0.5 * len(matrix)),
+                           layout="constrained")
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for (i, j), v in np.ndenumerate(rates):
         ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
                 color="white" if v > 0.6 else "black")
     ax.set_xticks(range(len(matrix)), matrix.columns, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(matrix)), matrix.index, fontsize=8)
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted", ylabel="true", title=wrap(title, max(20, int(8 * fig.get_figwidth()))))
     ax.grid(False)
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -116,7 +118,8 @@ def attention_figure(table: Table, root: Path, path: Path) -> Optional[Path]:
     first = next(iter(found.values()))
     n_images = len(first["images"])
     fig, axes = plt.subplots(n_images, len(found), figsize=(max(5.0, 1.6 * len(found) + 1),
-                                                            1.6 * n_images), squeeze=False)
+                                                            1.6 * n_images), squeeze=False,
+                             layout="constrained")
     for col, (name, data) in enumerate(found.items()):
         last = data["cls_attention"][-1]
         for row in range(n_images):
@@ -137,11 +140,11 @@ def attention_figure(table: Table, root: Path, path: Path) -> Optional[Path]:
             ax.set_xlim(-0.5, 31.5)
             ax.set_ylim(31.5, -0.5)
             if row == 0:
-                ax.set_title(name, fontsize=7)
+                ax.set_title(wrap(short(name), 24), fontsize=7)
             if col == 0:
                 ax.set_ylabel(data["classes"][data["labels"][row]], fontsize=8)
-    fig.suptitle(f"{table.title}:\nCLS attention, last block, heads averaged", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(wrap(f"{table.title}: CLS attention, last block, heads averaged",
+                      max(30, int(9 * fig.get_figwidth()))), fontsize=9)
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -154,12 +157,11 @@ def _panels(table: Table, root: Path, path: Path, title: str,
     if not found:
         return None
     fig, axes = plt.subplots(1, len(found), figsize=(max(6.0, 2.8 * len(found) + 1), 3.2), squeeze=False,
-                             sharey=sharey)
+                             sharey=sharey, layout="constrained")
     for ax, (name, data) in zip(axes[0], found.items()):
         draw(ax, data)
-        ax.set_title(name, fontsize=8)
-    fig.suptitle(f"{table.title}: {title}", fontsize=10)
-    fig.tight_layout()
+        ax.set_title(wrap(short(name), 30), fontsize=8)
+    fig.suptitle(wrap(f"{table.title}: {title}", max(30, int(9 * fig.get_figwidth()))), fontsize=10)
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import html
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ def _write(root: Path, col: Collection, tables: list[Table], studies: list[study
     if not col.runs.empty:
         write_runs_csv(col, staging / "runs.csv")
         col.epochs.to_csv(staging / "epochs.csv", index=False)
-        times = plots.run_times(col.runs, staging / "run_times.png").name
+        times = plots.run_times(col.runs, col.settings, staging / "run_times.png").name
         sections.append(Section("Time per run", "", images=[(times, "")]))
     if col.problems:
         sections.append(Section("Skipped", "\n".join(f"- {p}" for p in col.problems)))
@@ -184,15 +185,25 @@ def _write(root: Path, col: Collection, tables: list[Table], studies: list[study
     if reference is not None:
         intro += ("\n\nReference: the assignment report's own numbers (dashed lines, `report` "
                   "columns), from `sweeper/reference/seed_results.csv`.")
-    md = [f"# Report: {root}", "", intro, ""]
+    md = [f"# Report: {md_text(str(root))}", "", intro, ""]
     for sec in sections:
-        md += [f"## {sec.title}", ""] + ([sec.text, ""] if sec.text else [])
+        md += [f"## {md_text(sec.title)}", ""] + ([md_text(sec.text), ""] if sec.text else [])
         for caption, table_md in sec.tables:
-            md += ([caption, ""] if caption else []) + [table_md, ""]
+            md += ([md_text(caption), ""] if caption else []) + [table_md, ""]
         for png, caption in sec.images:
-            md += [f"![{sec.title}]({png})", ""] + ([caption, ""] if caption else [])
+            md += [f"![{md_text(sec.title)}]({png})", ""] + ([md_text(caption), ""] if caption else [])
     (staging / "report.md").write_text("\n".join(md))
     (staging / "index.html").write_text(_html(root, intro, sections))
+
+
+def md_text(text: str) -> str:
+    """Text from run and folder names as Markdown shows it: never raw HTML for a previewer."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def html_text(text: str) -> str:
+    """Escaped, with Markdown's `code` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def _html(root: Path, intro: str, sections: list[Section]) -> str:
@@ -202,19 +213,19 @@ def _html(root: Path, intro: str, sections: list[Section]) -> str:
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
              "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}</style>",
              f"</head><body><h1>Report: {title}</h1>"]
-    parts += [f"<p>{html.escape(p)}</p>" for p in intro.split("\n\n")]
+    parts += [f"<p>{html_text(p)}</p>" for p in intro.split("\n\n")]
     for sec in sections:
-        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+        parts.append(f"<h2>{html_text(sec.title)}</h2>")
         if sec.text.startswith("- "):
-            parts.append("<ul>" + "".join(f"<li>{html.escape(line[2:])}</li>"
+            parts.append("<ul>" + "".join(f"<li>{html_text(line[2:])}</li>"
                                           for line in sec.text.splitlines()) + "</ul>")
         elif sec.text:
-            parts.append(f"<p>{html.escape(sec.text)}</p>")
+            parts.append(f"<p>{html_text(sec.text)}</p>")
         for caption, table_md in sec.tables:
-            parts += ([f"<p>{html.escape(caption)}</p>"] if caption else []) + [_md_table_to_html(table_md)]
+            parts += ([f"<p>{html_text(caption)}</p>"] if caption else []) + [_md_table_to_html(table_md)]
         for png, caption in sec.images:
             parts.append(f"<figure><img src='{png}' alt='{html.escape(sec.title)}'>"
-                         + (f"<figcaption>{html.escape(caption)}</figcaption>" if caption else "")
+                         + (f"<figcaption>{html_text(caption)}</figcaption>" if caption else "")
                          + "</figure>")
     return "\n".join(parts) + "</body></html>\n"
 
@@ -250,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return err.show()
     for problem in problems:
         print(f"skipped: {problem}")
-    print(f"report written to {out} (report.md, index.html, runs.csv, epochs.csv, PNG plots)")
+    written = [n for n in ("report.md", "index.html", "runs.csv", "epochs.csv") if (out / n).exists()]
+    print(f"report written to {out} ({', '.join(written)}, PNG plots)")
     return 0
 
 

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from sweeper.records import STUDY_CSV, STUDY_JSON  # noqa: E402
 STATE_COLOURS = {"complete": "C0", "pruned": "C1", "fail": "C3", "running": "C7"}
@@ -138,7 +139,7 @@ def trials_markdown(study: Study) -> str:
 def history_figure(study: Study, path: Path) -> Path:
     """Validation accuracy of each trial in the order asked, the best so far as a line."""
     t = study.trials.sort_values("trial")
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
     for state, colour in STATE_COLOURS.items():
         mine = t[(t["state"] == state) & t["val_acc"].notna()]
         if len(mine):
@@ -150,7 +151,7 @@ def history_figure(study: Study, path: Path) -> Path:
     ax.set(title=f"Study {study.about.get('study')}: optimisation history", xlabel="trial",
            ylabel="validation accuracy (%)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -161,10 +162,9 @@ def importance_figure(study: Study, path: Path) -> Optional[Path]:
     if not imp:
         return None
     names = list(imp)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5), layout="constrained")
     ax.barh(names, [imp[n] for n in names], color="C0")
     ax.set(title="Parameter importances (PED-ANOVA)", xlabel="importance")
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

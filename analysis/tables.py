@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t, ttest_ind
 
 from analysis.collect import Collection
 from sweeper.records import PART_A, PRETEXT_TASKS, Status
@@ -50,7 +52,7 @@ def label(values: dict[str, Any]) -> str:
 
 
 def _unset(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _variant(config: dict[str, Any]) -> str:
@@ -148,6 +150,8 @@ def _table(title: str, runs: pd.DataFrame, keys: list[str], col: Collection,
             row[f"{metric}_mean"] = values.mean() if len(values) else math.nan
             row[f"{metric}_std"] = values.std() if len(values) > 1 else math.nan
             row[f"{metric}_n"] = len(values)
+        row["final_test_acc_values"] = list(complete["final_test_acc"].dropna()) \
+            if "final_test_acc" in complete else []
         states = [progress(r) for _, r in group.iterrows()]
         row["statuses"] = ", ".join(f"{s} x{states.count(s)}" if states.count(s) > 1 else s
                                     for s in dict.fromkeys(states))
@@ -190,18 +194,30 @@ def _verdict(stats: pd.DataFrame) -> str:
     text = (f"{best['label']} wins on final test accuracy: {100 * best['final_test_acc_mean']:.2f} % "
             f"against {100 * second['final_test_acc_mean']:.2f} % for {second['label']} "
             f"(+{gap:.2f} points).")
-    pair = [best, second]
-    measured = [r for r in pair if not math.isnan(r["final_test_acc_std"])]
-    if not measured:
-        return text + " One seed per setting: no seed-to-seed spread to judge the gap by."
-    widest = max(measured, key=lambda r: r["final_test_acc_std"])
-    spread = 100 * widest["final_test_acc_std"]
-    # how many seeds the spread rests on, so a reader can weigh a std of two runs accordingly
-    basis = f"std up to {spread:.2f} points, over {int(widest['final_test_acc_n'])} seeds"
-    basis += "".join(f"; {r['label']} has one seed" for r in pair if r["final_test_acc_n"] == 1)
-    if gap <= spread:
-        return text + f" The gap is inside the seed-to-seed spread ({basis}): not a reliable win."
-    return text + f" The gap exceeds the seed-to-seed spread ({basis})."
+    return text + " " + gap_test(100 * np.array(best["final_test_acc_values"]),
+                                 100 * np.array(second["final_test_acc_values"]),
+                                 best["label"], second["label"])
+
+
+def gap_test(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> str:
+    """Whether the gap between two settings' final accuracies (points, one value per seed) is
+    shown at 95 %: Welch's t-test when both have two seeds or more; with one seed on one side,
+    whether it falls outside the other's 95 % prediction interval for one more seed."""
+    if len(a) >= 2 and len(b) >= 2:
+        p = float(ttest_ind(a, b, equal_var=False).pvalue)
+        shown = "shown at 95 %" if p < 0.05 else "not shown at 95 %"
+        return f"Welch's t-test over {len(a)} and {len(b)} seeds: p = {p:.3g}, {shown}."
+    if min(len(a), len(b)) == 1 and max(len(a), len(b)) >= 2:
+        many, one, many_name, one_name = (a, b, name_a, name_b) if len(a) > 1 else (b, a, name_b, name_a)
+        n = len(many)
+        half = student_t.ppf(0.975, n - 1) * many.std(ddof=1) * math.sqrt(1 + 1 / n)
+        low, high = many.mean() - half, many.mean() + half
+        inside = low <= one[0] <= high
+        return (f"{one_name} ran one seed: {one[0]:.2f} % lies {'inside' if inside else 'outside'} "
+                f"the 95 % prediction interval for one more seed of {many_name} "
+                f"({low:.2f} to {high:.2f} %, from {n} seeds): "
+                f"{'not shown' if inside else 'shown'} at 95 %.")
+    return "One seed per setting: no seed-to-seed spread to judge the gap by."
 
 
 def _cell(mean: float, std: float, n: int, percent: bool) -> str:
@@ -249,7 +265,8 @@ FINAL_COLUMNS = ["final_test_acc", "best_test_acc", "final_test_loss", "best_tes
 
 
 def write_runs_csv(col: Collection, path: Path) -> None:
-    """A row per run. Final and best figures are those of complete runs; an unfinished run has
+    """A row per run: every key of the runs' resolved configs (the same columns whatever varies),
+    then the results. Final and best figures are those of complete runs; an unfinished run has
     its epochs done of planned and its last logged test accuracy instead."""
     runs = col.runs.copy()
     runs["last_test_acc"] = runs.get("final_test_acc")
@@ -257,6 +274,7 @@ def write_runs_csv(col: Collection, path: Path) -> None:
     for column in FINAL_COLUMNS:
         if column in runs:
             runs[column] = runs[column].mask(unfinished)
-    columns = ["run", "task", "status", "seed", *col.settings, "epochs_done", "epochs_planned",
+    keys = [k for k in dict.fromkeys(k for c in col.configs.values() for k in c) if k != "seed"]
+    columns = ["run", "task", "status", "seed", *keys, "epochs_done", "epochs_planned",
                *FINAL_COLUMNS, "last_test_acc", "wall_seconds"]
     runs.reindex(columns=columns).to_csv(path, index=False)

@@ -247,21 +247,42 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 class Board:
     """`logger=tensorboard`: each epoch's row also goes to TensorBoard event files in
     RUN_DIR/tensorboard (`tensorboard --logdir outputs/` follows a sweep live); metrics.csv
-    stays the record."""
+    stays the record. A row's step is its line in metrics.csv (phases follow one another, so a
+    rotation run's fine-tuning starts after its pretext); a resumed run purges the events past
+    its checkpoint, and a complete run writes its settings and results to the HParams tab."""
 
     def __init__(self, run_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.run_dir, self.writer, self.step = run_dir, None, 0
 
     def write(self, row: dict[str, Any]) -> None:
+        if self.writer is None:  # the first row of this process: steps from here on are new
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.step = len(read_rows(self.run_dir))  # `row` is appended already
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
+                                        purge_step=self.step)
+        else:
+            self.step += 1
         for key in COLUMNS[2:] + VAL_COLUMNS:
             if key in row:
-                self.writer.add_scalar(f"{row['phase']}/{key}", row[key], int(row["epoch"]))
+                self.writer.add_scalar(f"{row['phase']}/{key}", row[key], self.step)
         self.writer.flush()
 
-    def close(self) -> None:
+    def close(self, settings: Optional[dict[str, Any]] = None,
+              results: Optional[dict[str, Any]] = None) -> None:
+        """With `settings` (the flat config) and `results` (summary.json's): the HParams entry."""
+        if self.writer is None:
+            return
+        if settings is not None and results is not None:
+            hparams = {k: v for k, v in settings.items() if isinstance(v, (bool, int, float, str))}
+            metrics = {f"hparam/{k}": float(v) for k, v in results.items()
+                       if k in HPARAM_METRICS and isinstance(v, (int, float))}
+            self.writer.add_hparams(hparams, metrics, run_name=".", global_step=self.step)
         self.writer.close()
+
+
+HPARAM_METRICS = ("final_test_acc", "best_test_acc", "final_test_loss", "final_val_acc",
+                  "final_val_loss", "rotation_test_acc", "wall_seconds")
 
 
 def console_line(row: dict[str, Any]) -> str:

@@ -19,7 +19,7 @@ from sweeper.errors import (
 )
 from sweeper.lock import LOCK_FILE, run_lock
 from sweeper.records import CONFIG_DIR, FINISHED, Status, discard
-from sweeper.rundir import ConfigFileError, config_changes, store_config
+from sweeper.rundir import ConfigFileError, config_changes, store_config, stored_config
 from sweeper.tasks import Phase, build_phases
 from sweeper.train import (
     Judge, Outcome, Preemption, Trainer, compiled_graphs, configure_backends, precision_warning,
@@ -149,9 +149,10 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
                            f"to start afresh (the run's files are kept aside)") from None
     except torch.OutOfMemoryError:
         outcome = Outcome(Status.OOM, {"batch_size": s.batch_size, "n_jobs": n_jobs or 1})
-    finally:
+    except BaseException:
         if board is not None:
             board.close()
+        raise
     if outcome.status == Status.COMPLETE:
         insight.write(run_dir, phases[-1].model.encoder, on_device, trainer.confusions)
     if s.compile:
@@ -159,6 +160,9 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
     base["history"] = trainer.history
     summary = summarise(run_dir, base, outcome.status, prior_seconds + time.time() - started,
                         outcome.detail)
+    if board is not None:
+        complete = outcome.status == Status.COMPLETE
+        board.close(stored_config(run_dir) if complete else None, summary if complete else None)
     if outcome.status not in (Status.COMPLETE, Status.OOM):
         print(f"run {outcome.status}: {outcome.detail}", flush=True)
     return summary

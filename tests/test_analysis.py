@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import numpy as np
 import pytest
 import yaml
 
@@ -86,9 +87,9 @@ def test_seeds_aggregate_and_families_do_not_mix_tasks(tree):
     assert set(part_a["label"]) == {"variant=rotation pre-training, fine-tuned",
                                     "variant=from scratch on B"}
     heads = tables["Attention heads"]
-    assert "inside the seed-to-seed spread" in heads.verdict  # 0.72 ± 0.02 vs 0.71
-    # the verdict says what its spread rests on: 3 seeds on one side, a single run on the other
-    assert "(std up to 2.00 points, over 3 seeds; heads=8 has one seed)" in heads.verdict
+    # 0.72 ± 0.02 over 3 seeds against one run of 0.71: judged by a prediction interval
+    assert ("heads=8 ran one seed: 71.00 % lies inside the 95 % prediction interval for one more "
+            "seed of heads=4 (62.06 to 81.94 %, from 3 seeds): not shown at 95 %.") in heads.verdict
 
 
 def test_labels_show_pretext_epochs_only_where_a_pretext_ran(tmp_path):
@@ -166,3 +167,163 @@ def test_a_run_that_fits_no_family_is_shown_not_dropped(tmp_path):
     assert list(outside.stats["label"]) == ["cls_layer=first, epochs=2, patch=8",
                                             "cls_layer=last, epochs=1, patch=4"]
     assert "no winner is named" in outside.verdict  # they differ in several settings at once
+
+
+def test_a_gap_is_judged_by_a_stated_test_at_95_percent():
+    from analysis.tables import gap_test
+
+    three = np.array([63.09, 63.54, 63.06])  # patch 16, CLS first: the README's three seeds
+    # cls_layer=5's one run, 0.98 points above the mean: inside the interval, so not shown
+    assert "61.89 to 64.57 %" in gap_test(np.array([64.21]), three, "cls=5", "cls=first")
+    assert "not shown at 95 %" in gap_test(np.array([64.21]), three, "cls=5", "cls=first")
+    assert "outside" in gap_test(np.array([67.34]), three, "half", "none")
+    welch = gap_test(np.array([72.0, 72.6, 71.9]), three, "patch=8", "patch=16")
+    assert welch.startswith("Welch's t-test over 3 and 3 seeds: p = ") and welch.endswith("shown at 95 %.")
+    assert "not shown" in gap_test(np.array([63.2, 63.9]), three, "a", "b")
+    assert "no seed-to-seed spread" in gap_test(np.array([64.0]), np.array([63.0]), "a", "b")
+
+
+def test_load_runs_gives_typed_frames_where_a_setting_and_an_epoch_column_never_share_a_name(tree, tmp_path):
+    from analysis import load_runs
+
+    for lr in (0.001, 0.002):  # a sweep over lr, the most common one
+        fake_run(tree, f"multirun/lr-{lr}", [0.5, 0.6, 0.7], lr=lr)
+    runs, epochs = load_runs(tree)
+    assert "lr" in runs and "lr" in epochs and "lr_last_step" in epochs
+    assert not [c for c in epochs if c.endswith(("_x", "_y"))]
+    assert str(runs["patch"].dtype) == "Int64" and str(runs["model.dim"].dtype) == "Int64"
+    assert str(runs["lr"].dtype) == "Float64" and str(runs["overlap"].dtype) == "category"
+    assert list(runs["model.dim"].dropna().unique()) == [240]  # constant, still in the frame
+    with pytest.raises(FileNotFoundError):
+        load_runs(tmp_path / "nowhere")
+
+
+def test_a_setting_mixing_words_and_numbers_is_a_category(tmp_path):
+    for layer in ("first", 5, "last"):
+        fake_run(tmp_path, f"cls-{layer}", [0.5, 0.6], cls_layer=layer)
+    from analysis import load_runs
+
+    runs, _ = load_runs(tmp_path)
+    assert str(runs["cls_layer"].dtype) == "category"
+    assert set(runs["cls_layer"]) == {"first", "5", "last"}
+
+
+def test_runs_csv_has_every_config_key_whatever_varies(tree):
+    assert report(tree).returncode == 0
+    runs = pd.read_csv(tree / "report" / "runs.csv")
+    assert {"lr", "model.dim", "data.root", "epochs", "heads", "patch"} <= set(runs)
+    columns = list(runs)
+    assert columns[:4] == ["run", "task", "status", "seed"]
+    assert columns.index("patch") < columns.index("final_test_acc") < columns.index("wall_seconds")
+
+
+def test_plots_show_what_they_say(tree, tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    from analysis import plots
+
+    col = collect(tree)
+    captured = {}
+    real_savefig = plt.Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):
+        captured[Path(path).name] = fig
+        return real_savefig(fig, path, *args, **kwargs)
+
+    plt.Figure.savefig = keep
+    try:
+        plots.run_times(col.runs, col.settings, tmp_path / "times.png")
+        table = build_tables(col)[0]
+        plots.curves(table, col.epochs, tmp_path / "curves.png")
+    finally:
+        plt.Figure.savefig = real_savefig
+    ax = captured["times.png"].axes[0]
+    bars = {tuple(p.get_facecolor()) for p in ax.patches}
+    legend = {tuple(h.get_facecolor()) for h in ax.get_legend().legend_handles}
+    assert legend == bars and len(bars) == 3  # classify, rotation_pretrain, scratch
+    assert all(len(t.get_text()) <= plots.MAX_LABEL for t in ax.get_yticklabels())
+    curve_ax = captured["curves.png"].axes[0]
+    assert isinstance(curve_ax.xaxis.get_major_locator(), MaxNLocator)
+    assert all(float(t).is_integer() for t in curve_ax.get_xticks())
+    short = [line for line in curve_ax.get_lines() if len(line.get_xdata()) < 3]
+    assert short and all(line.get_marker() not in (None, "None", "") for line in short)
+
+
+def test_report_text_never_carries_raw_html_and_code_spans_render(tmp_path):
+    fake_run(tmp_path, "good", [0.5, 0.6])
+    hostile = tmp_path / "<img src=x onerror=alert(1)>"  # a run without its config: Skipped, named
+    hostile.mkdir()
+    (hostile / "metrics.csv").write_text("phase,epoch\n")
+    assert report(tmp_path, "--reference", "seed").returncode == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "<img src=x" not in md and "&lt;img src=x" in md
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "<code>report</code>" in page and "`" not in page
+
+
+def test_a_study_only_folder_does_not_claim_tables_it_did_not_write(tmp_path):
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "study.csv").write_text(
+        "trial,state,val_acc,test_acc,status,seconds,lr,run_dir\n0,complete,0.5,0.5,complete,1,0.001,t0\n")
+    (tmp_path / "study" / "study.json").write_text(json.dumps(
+        {"study": "s", "space": {"lr": "[0.0001, 0.01]"}, "trials": {"complete": 1},
+         "best": {"trial": 0, "val_acc": 0.5, "params": {"lr": 0.001}}, "baseline": None}))
+    proc = report(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "runs.csv" not in proc.stdout and "report.md" in proc.stdout
+
+
+def test_per_class_tables_keep_groups_whose_class_names_differ(tmp_path):
+    from analysis import insight
+
+    for name, classes in (("a", ["cat", "dog"]), ("b", ["c0", "c1"])):
+        run = fake_run(tmp_path, name, [0.5, 0.6], patch=8 if name == "a" else 16)
+        (run / "per_class.csv").write_text("class,accuracy\n" + "".join(f"{c},0.5\n" for c in classes))
+    (table,) = build_tables(collect(tmp_path))
+    md = insight.per_class_markdown(table, tmp_path)
+    assert "| c0 |" in md.replace("c0 ", "c0 ") and "| cat |" in md
+    assert md.count("50.0") == 4
+
+
+CHECK_PAGE = """<!doctype html><html><body><iframe id="f" src="index.html"></iframe><pre id="out">pending</pre>
+<script>
+document.getElementById("f").addEventListener("load", () => {
+  const page = document.getElementById("f").contentWindow;
+  const images = [...page.document.images];
+  Promise.all(images.map(i => i.complete ? null : new Promise(r => { i.onload = i.onerror = r; })))
+    .then(() => { document.getElementById("out").textContent = "RESULT " + JSON.stringify(
+      {images: images.length, broken: images.filter(i => !(i.naturalWidth > 0)).map(i => i.src)}); });
+});
+</script></body></html>"""
+
+
+@pytest.mark.skipif(not __import__("shutil").which("chromium"),
+                    reason="no headless Chromium here (Debian's chromium package; .ci/run installs it)")
+def test_the_page_loads_in_a_real_browser_with_every_image_and_no_console_error(tree):
+    import socket
+
+    assert report(tree).returncode == 0
+    out = tree / "report"
+    (out / "check.html").write_text(CHECK_PAGE)  # same origin as the page, so it can look inside
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                               "--directory", str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        __import__("time").sleep(1)
+        browser = subprocess.run(
+            ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={tree / 'chromium'}", "--enable-logging=stderr",
+             "--virtual-time-budget=10000", "--dump-dom", f"http://127.0.0.1:{port}/check.html"],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=10)[1]
+    result = json.loads(browser.stdout.split("RESULT ", 1)[1].split("<", 1)[0])
+    assert result["images"] >= 7 and result["broken"] == [], result
+    assert " 404 " not in log, log
+    console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if "Uncaught" in line or "Failed to load" in line], console

@@ -354,3 +354,15 @@ def test_a_signal_to_a_joblib_sweep_preempts_its_workers_runs_and_leaves_no_work
             os.kill(pid, 0)
     ok(sweeper(*command, timeout=600))  # the same command resumes the sweep
     assert [(summary(r)["status"], len(metrics(r))) for r in run_dirs(sweep)] == [("complete", 12)] * 3
+
+
+def test_tensorboard_after_kill_9_and_resume_holds_each_step_once(tmp_path, uninterrupted):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    start_and_signal(run_dir, signal.SIGKILL, ("logger=tensorboard",)).wait()
+    ok(sweeper(*SLOW, "logger=tensorboard", f"hydra.run.dir={run_dir}"))
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train/test_acc")]
+    assert logged == [(int(r[1]), pytest.approx(float(r[5]))) for r in uninterrupted]

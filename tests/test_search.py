@@ -149,6 +149,16 @@ def test_tensorboard_logs_the_same_rows_and_changes_nothing_else(tmp_path):
     events.Reload()
     logged = [(e.step, e.value) for e in events.Scalars("train/val_acc")]
     assert logged == [(int(r["epoch"]), pytest.approx(float(r["val_acc"]))) for r in rows]
+    # the HParams tab: the run's settings and its results
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    content = events.PluginTagToContent("hparams")
+    start = next(plugin_data_pb2.HParamsPluginData.FromString(c).session_start_info
+                 for c in content.values()
+                 if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info"))
+    assert start.hparams["lr"].number_value == pytest.approx(5e-4)
+    assert start.hparams["model.dim"].number_value == 24 and start.hparams["patch"].number_value == 8
+    assert events.Scalars("hparam/final_test_acc")[0].value == pytest.approx(summary(board)["final_test_acc"])
 
 
 def test_extending_a_study_asks_new_points_and_credits_no_trial_with_another_run(tmp_path):
