@@ -12,6 +12,11 @@
         dataset of PIL images, RandomCrop + flip + ToTensor + Normalize, DataLoader workers);
         and the ViT's two attention paths (written out, scaled_dot_product_attention) against
         each other at patch 4, 4 and 12 heads, in fp32 and bf16, whatever --precision says.
+
+    python -m sweeper.bench sweep [--runs N] [--jobs J] [--out DIR] [OVERRIDES...]
+        the same N runs (seed=0..N-1 of the overrides' experiment) as a sweep, twice: one run at
+        a time on all threads (the basic launcher), then J joblib workers of threads/J each;
+        prints the wall time and the images per second summed over runs training at once.
 """
 
 from __future__ import annotations
@@ -305,6 +310,38 @@ def _positive(text: str) -> int:
     return value
 
 
+def sweep(args: argparse.Namespace) -> int:
+    """One sweep, launched both ways, in fresh folders: what a CPU user should pick."""
+    import shutil
+    import subprocess
+
+    out = Path(args.out).resolve()
+    seeds = "seed=" + ",".join(str(i) for i in range(args.runs))
+    modes = {"one at a time, all threads": (1, []),
+             f"{args.jobs} joblib workers": (args.jobs, ["hydra/launcher=joblib",
+                                                        f"hydra.launcher.n_jobs={args.jobs}"])}
+    print(f"{args.runs} runs: {' '.join(args.overrides) or 'the default experiment'} | "
+          f"{os.cpu_count()} CPUs | torch {torch.__version__}", flush=True)
+    results = []
+    for (name, (at_once, launcher)), folder in zip(modes.items(), ("serial", "joblib")):
+        sweep_dir = out / folder
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        started = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "sweeper", *args.overrides, seeds, *launcher,
+                               f"hydra.sweep.dir={sweep_dir}", "-m"], capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise ConfigError(f"the sweep ({name}) failed: "
+                              f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}")
+        rates = [float(row["images_per_s"]) for path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}"))
+                 for row in csv.DictReader(open(path))]
+        summed = statistics.mean(rates) * at_once  # runs of a mode train side by side
+        results.append(wall)
+        print(f"  {name}: {wall:.1f} s wall, {summed:,.0f} images/s summed over the sweep", flush=True)
+    print(f"  joblib workers / one at a time: {results[0] / results[1]:.2f}x by wall time", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="python -m sweeper.bench", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -323,9 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     spd.add_argument("--pipeline-steps", type=_positive, default=100,
                      help="batches per timed window of the input pipelines alone")
     spd.add_argument("--workers", type=int, help="DataLoader workers (default: CPUs on CUDA, 2 on CPU)")
+    swp = sub.add_parser("sweep", help="a sweep one run at a time vs joblib workers")
+    swp.add_argument("--runs", type=_positive, default=4, help="runs in the sweep (seeds 0..N-1)")
+    swp.add_argument("--jobs", type=_positive, default=os.cpu_count() or 1,
+                     help="joblib workers (default: the CPUs)")
+    swp.add_argument("--out", default="outputs/bench/sweep", help="where the two sweeps go")
+    swp.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m sweeper")
     args = parser.parse_args(argv)
+    commands = {"accuracy": accuracy, "speed": speed, "sweep": sweep}
     try:
-        return accuracy(args) if args.command == "accuracy" else speed(args)
+        return commands[args.command](args)
     except SweeperError as err:  # the benchmark's one place where an error becomes a line
         return err.show()
 

@@ -39,3 +39,15 @@ def test_speed_prints_every_measurement_and_the_pipeline_ratio():
     assert sum("ResNet-18" in r for r in rows) == 2
     pipeline = next(r for r in rows if r.startswith("| input pipeline"))
     assert pipeline.split("|")[4].strip().endswith("x")  # ours / reference, measured
+
+
+def test_sweep_runs_the_same_runs_both_ways_and_prints_them_side_by_side(tmp_path):
+    out = bench("sweep", "--runs", "2", "--jobs", "2", "--out", str(tmp_path), *TINY).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("2 runs: ")
+    assert lines[1].startswith("  one at a time, all threads: ") and "images/s summed" in lines[1]
+    assert lines[2].startswith("  2 joblib workers: ") and "images/s summed" in lines[2]
+    assert lines[3].startswith("  joblib workers / one at a time: ") and lines[3].endswith("x by wall time")
+    for mode in ("serial", "joblib"):  # the same two runs, complete, in each
+        runs = sorted(p.name for p in (tmp_path / mode).iterdir() if p.is_dir())
+        assert len(runs) == 2 and runs[0].endswith("seed-0") and runs[1].endswith("seed-1")
