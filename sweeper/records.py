@@ -230,7 +230,12 @@ def read_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def write_rows(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Rewrite metrics.csv whole (on resume: drops rows past the checkpoint and a torn line)."""
+    """Rewrite metrics.csv whole (on resume: drops rows past the checkpoint and a torn line).
+    With no rows left the file is emptied, header included: the next row writes the header
+    its own columns need (a run with a validation split has two more)."""
+    if not rows:
+        atomic_write_text(run_dir / METRICS_FILE, "")
+        return
     fields = columns(rows)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=fields)

@@ -207,8 +207,12 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
 
 def summarise(run_dir: Path, base: dict[str, Any], status: str, seconds: float,
               detail: dict[str, Any] | None = None) -> dict[str, Any]:
-    """summary.json from metrics.csv: per phase, and the result phase's figures on top."""
-    phases = records.phase_results(records.read_metrics(run_dir)[0])
+    """summary.json from metrics.csv: per phase, and the result phase's figures on top. A
+    metrics.csv the reader refuses makes the run `damaged`, whatever training said."""
+    rows, error = records.read_metrics(run_dir)
+    phases = records.phase_results(rows)
+    if error is not None:
+        status, detail = Status.DAMAGED, {**(detail or {}), "reason": str(error)}
     summary = {"status": status, **base, "wall_seconds": round(seconds, 2),
                **records.run_results(phases), "phases": phases}
     if detail:

@@ -191,3 +191,14 @@ def test_a_status_is_written_and_read_as_its_plain_value(tmp_path):
     write_summary(tmp_path, {"status": Status.PREEMPTED})
     assert summary(tmp_path)["status"] == "preempted"
     assert f"{Status.COMPLETE}" == "complete" and "pruned" in FINISHED
+
+
+def test_a_run_with_validation_killed_before_its_first_checkpoint_resumes_readable(tmp_path):
+    from sweeper.records import append_row
+
+    row = {"phase": "train", "epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.0,
+           "test_acc": 0.5, "lr": 0.001, "epoch_seconds": 1.0, "images_per_s": 10.0,
+           "val_loss": 1.1, "val_acc": 0.4}
+    write_rows(tmp_path, [])  # resume from no checkpoint: every row is dropped
+    append_row(tmp_path, row)
+    assert read_rows(tmp_path) == [row]  # the header has the validation columns

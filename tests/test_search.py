@@ -353,3 +353,26 @@ def test_sweep_syntax_becomes_the_distribution_the_official_plugin_makes(overrid
     from sweeper.search import distribution
 
     assert distribution(OverridesParser.create().parse_overrides([override])[0]) == expected
+
+
+def test_a_search_killed_mid_study_and_rerun_repeats_no_point(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "s"
+    args = ["hparams_search=vit", *DATA, "epochs=2", f"hydra.sweep.dir={folder}",
+            "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=1", "hydra.sweeper.pruner=none", "-m"]
+    proc = subprocess.Popen([sys.executable, "-m", "sweeper", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while len(list(folder.glob("*/metrics.csv"))) < 3:  # the third trial is training
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ok(sweeper(*args))
+    rows = trials(folder)
+    assert [r["state"] for r in rows] == ["complete"] * 5
+    assert len({r["lr"] for r in rows}) == 5 and len({r["run_dir"] for r in rows}) == 5
