@@ -109,7 +109,8 @@ class OptunaSweeper(Sweeper):
     def _sweep(self, search: Any, arguments: list[str]) -> list:
         import optuna
 
-        for key in self.unknown:
+        if self.unknown:
+            key = sorted(self.unknown)[0]
             raise search.SearchError(
                 f"hydra.sweeper.{key} is not a key of this sweeper"
                 + (f": write {INSTEAD[key]}" if key in INSTEAD else
