@@ -65,6 +65,14 @@ def _shape_problem(about: Any, trials: pd.DataFrame) -> Optional[str]:
                       ("best", dict), ("baseline", dict)):
         if about.get(key) is not None and not isinstance(about[key], kind):
             return f"study.json's {key} is not a {kind.__name__}"
+    for key in ("metric", "direction"):  # a name, or a list of names (several objectives)
+        value = about.get(key, "")
+        if not isinstance(value, str) and not (
+                isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            return f"study.json's {key} is not a name or a list of names"
+    if about.get("pareto") is not None and not (
+            isinstance(about["pareto"], list) and all(isinstance(v, int) for v in about["pareto"])):
+        return "study.json's pareto is not a list of trial numbers"
     if not all(isinstance(v, (int, float)) for v in (about.get("importances") or {}).values()):
         return "study.json's importances are not numbers"
     for key, needs in (("best", ("trial", "val_acc", "params")), ("baseline", ("trial", "val_acc"))):
@@ -91,12 +99,22 @@ def _value(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+OBJECTIVE_WORDS = {"val_acc": "the final validation accuracy", "val_loss": "the final validation loss",
+                   "seconds": "the trial's wall time"}
+
+
 def summary_text(study: Study) -> str:
     about = study.about
     counts = ", ".join(f"{n} {s}" for s, n in (about.get("trials") or {}).items() if n)
-    text = (f"Study `{about.get('study')}`: {counts}. Objective: the final validation accuracy "
-            f"({about.get('direction', 'maximize')}) on images held out of the training set; "
-            f"the test accuracy is shown beside it and was never used to choose.")
+    metrics = about.get("metric", "val_acc")
+    directions = about.get("direction", "maximize")
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    ways = [directions] if isinstance(directions, str) else list(directions)
+    judged = ", ".join(f"{OBJECTIVE_WORDS.get(n, n)} ({w})" for n, w in zip(names, ways))
+    text = (f"Study `{about.get('study')}`: {counts}. Objective: {judged}, on images held out of "
+            f"the training set; the test accuracy is shown beside it and was never used to "
+            f"choose." + (f" Pareto front: trials {', '.join(map(str, about['pareto']))}."
+                          if about.get("pareto") else ""))
     best = about.get("best")
     if best:
         params = ", ".join(f"{k}={_value(v)}" for k, v in best["params"].items())
