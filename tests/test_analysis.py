@@ -328,3 +328,16 @@ def test_the_page_loads_in_a_real_browser_with_every_image_and_no_console_error(
     assert not missing, missing  # the browser's own favicon request is not the page's
     console = [line for line in browser.stderr.splitlines() if "CONSOLE" in line]
     assert not [line for line in console if "Uncaught" in line or "Failed to load" in line], console
+
+
+def test_a_study_of_several_objectives_names_each_and_its_pareto_front(tmp_path):
+    from analysis.study import Study, summary_text
+
+    about = {"study": "s", "trials": {"complete": 4}, "metric": ["val_acc", "seconds"],
+             "direction": ["maximize", "minimize"], "pareto": [1, 3], "best": None}
+    text = summary_text(Study(tmp_path, about, pd.DataFrame()))
+    assert ("Objective: the final validation accuracy (maximize), the trial's wall time "
+            "(minimize), on images held out") in text
+    assert "Pareto front: trials 1, 3." in text
+    about.update(metric="val_loss", direction="minimize", pareto=None)
+    assert "Objective: the final validation loss (minimize)," in summary_text(Study(tmp_path, about, pd.DataFrame()))
