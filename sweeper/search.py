@@ -16,7 +16,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import optuna
 from hydra.core.override_parser.types import (
@@ -278,7 +278,7 @@ def _contains(d: BaseDistribution, value: Any) -> bool:
     return isinstance(value, (int, float)) and d.low <= value <= d.high
 
 
-def outcome(run_dir: Path, job_failed: Optional[str], names: list[str] = ["val_acc"],
+def outcome(run_dir: Path, job_failed: Optional[str], names: Sequence[str] = ("val_acc",),
             sweep_dir: Optional[Path] = None) -> Optional[tuple[TrialState, Optional[list[float]], dict]]:
     """What to tell the study about the trial run in `run_dir`: (state, values of the named
     objectives, attributes), or None when it is not finished (pre-empted, or run by another
