@@ -190,7 +190,8 @@ class OptunaSweeper(Sweeper):
                     f"{failed} of the {len(batch)} trials of the last batch failed, more than "
                     f"hydra.sweeper.max_failure_rate={self.max_failure_rate} allows: the study "
                     f"stops here ({sweep_dir / search.STUDY_CSV} lists them)")
-            if all(state is None for state in told):  # pre-empted, or held by another search: asking more would not end
+            # none ended (pre-empted, or held by another search): asking more would not end
+            if all(state is None for state in told):
                 print(f"study {study.study_name}: no trial of this batch finished; rerun the "
                       f"command to resume them", flush=True)
                 break
