@@ -17,9 +17,9 @@ import pandas as pd
 from sweeper.lock import is_held
 from sweeper.records import (
     CONFIG_DIR, CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, TASKS, VIT_SHAPE, Status, phase_results,
-    read_metrics, run_results,
+    read_metrics, result_phase, run_results,
 )
-from sweeper.rundir import ADDED, NOT_RESULTS, load_config_file
+from sweeper.rundir import ADDED, NOT_RESULTS, TARGET, load_config_file
 
 METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
 # Keys that name where or how a run ran, not what it measured: never a "setting".
@@ -141,7 +141,9 @@ def collect(root: Path, exclude: set[Path] = frozenset()) -> Collection:
             "task": summary.get("task") or config.get("task.name", "unknown"),
             "status": _status(run_dir, summary, damage is not None),
             "seed": config.get("seed", summary.get("seed", 0)),
-            **run_results(phase_results(logged)),
+            **run_results(phase_results(logged), summary.get("result_phase")),
+            "result_phase": result_phase(frame["phase"].unique() if len(frame) else [],
+                                         summary.get("result_phase")),
             "epochs_planned": planned_epochs(config, summary),
             "wall_seconds": summary.get("wall_seconds", frame.get("epoch_seconds", pd.Series()).sum()),
         }
@@ -208,7 +210,7 @@ def _varying(configs: dict[str, dict[str, Any]]) -> list[str]:
         keys.update(dict.fromkeys(config))
     varying = []
     for key in keys:
-        if key in NOT_SETTINGS or key == "seed":
+        if key in NOT_SETTINGS or key == "seed" or key.endswith(TARGET):
             continue
         values = {json.dumps(c.get(key), sort_keys=True, default=str) for c in configs.values()}
         if len(values) > 1:

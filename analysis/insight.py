@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.plots import short, wrap  # noqa: E402
+from analysis.plots import save, short, wrap  # noqa: E402
 from analysis.tables import Table  # noqa: E402
 from sweeper.records import Status  # noqa: E402
 
@@ -43,8 +43,9 @@ def _read_json(path: Path) -> Optional[dict[str, Any]]:
         return None
 
 
-def per_class_markdown(table: Table, root: Path) -> Optional[str]:
-    """Classes in rows, settings in columns: test accuracy, mean ± std over complete runs."""
+def per_class_markdown(table: Table, root: Path) -> Optional[tuple[str, str]]:
+    """(caption, table): classes in rows, settings in columns, test accuracy, mean ± std over
+    complete runs."""
     columns = {}
     for name, runs in complete_runs(table).items():
         frames = [f for f in (_read_csv(root / r / "per_class.csv") for r in runs) if f is not None]
@@ -55,6 +56,13 @@ def per_class_markdown(table: Table, root: Path) -> Optional[str]:
         return None
     # every group's classes (a folder dataset's c0..c9 beside CIFAR-10's names), in order seen
     classes = list(dict.fromkeys(c for mean, _, _ in columns.values() for c in mean.index))
+    caption = "Test accuracy per class (%), mean ± std over complete runs"
+    if len(classes) > MAX_CLASSES:
+        caption += (f"; of {len(classes)} classes, the {MAX_CLASSES // 2} hardest and the "
+                    f"{MAX_CLASSES // 2} easiest")  # CIFAR-100: the 10 hardest and the 10 easiest classes only
+        average = pd.concat([mean for mean, _, _ in columns.values()], axis=1).mean(axis=1)
+        ranked = list(average.sort_values(kind="stable").index)
+        classes = ranked[:MAX_CLASSES // 2] + ranked[-(MAX_CLASSES // 2):]
     head = ["class", *columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in classes:
@@ -64,7 +72,25 @@ def per_class_markdown(table: Table, root: Path) -> Optional[str]:
             text = "—" if math.isnan(m) else f"{100 * m:.1f}" + ("" if math.isnan(s) else f" ± {100 * s:.1f}")
             cells.append(text + (f" (n={n})" if n > 1 else ""))
         lines.append("| " + " | ".join([str(c), *cells]) + " |")
-    return "\n".join(lines)
+    return caption + ":", "\n".join(lines)
+
+
+MAX_CLASSES = 20  # beyond this a per-class table or a confusion grid is no longer read
+
+
+def _top_confusions(title: str, matrix: pd.DataFrame, rates: np.ndarray, path: Path) -> Path:
+    off = rates.copy()
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None, kind="stable")[::-1][:MAX_CLASSES]
+    pairs = [np.unravel_index(k, off.shape) for k in order if off.flat[k] > 0]
+    fig, ax = plt.subplots(figsize=(8, 1.5 + 0.3 * max(1, len(pairs))), layout="constrained")
+    ax.barh(range(len(pairs)), [100 * off[i, j] for i, j in pairs], color="C0")
+    ax.set_yticks(range(len(pairs)), [f"{matrix.index[i]} → {matrix.columns[j]}" for i, j in pairs],
+                  fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="percent of the true class's test images",
+           title=wrap(f"{title}: the {len(pairs)} most frequent confusions of {len(matrix)} classes", 60))
+    return save(fig, path)
 
 
 def _confusion(paths: list[Path]) -> Optional[pd.DataFrame]:
@@ -77,11 +103,14 @@ def _confusion(paths: list[Path]) -> Optional[pd.DataFrame]:
 
 def confusion_figure(title: str, runs: list[str], root: Path, path: Path,
                      file: str = "confusion.csv") -> Optional[Path]:
-    """Row-normalised confusion (counts summed over the runs' seeds) as a heat map."""
+    """Row-normalised confusion (counts summed over the runs' seeds) as a heat map; with more
+    than MAX_CLASSES classes, the most frequent confusions as bars."""
     matrix = _confusion([root / r / file for r in runs])
     if matrix is None:
         return None
     rates = matrix.div(matrix.sum(axis=1).replace(0, 1), axis=0).to_numpy(dtype=float)
+    if len(matrix) > MAX_CLASSES:
+        return _top_confusions(title, matrix, rates, path)
     fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(matrix), 0.8 + 0.5 * len(matrix)),
                            layout="constrained")
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -92,9 +121,7 @@ def confusion_figure(title: str, runs: list[str], root: Path, path: Path,
     ax.set_yticks(range(len(matrix)), matrix.index, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=wrap(title, max(20, int(8 * fig.get_figwidth()))))
     ax.grid(False)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _insights(table: Table, root: Path) -> dict[str, dict[str, Any]]:
@@ -145,9 +172,7 @@ def attention_figure(table: Table, root: Path, path: Path) -> Optional[Path]:
                 ax.set_ylabel(data["classes"][data["labels"][row]], fontsize=8)
     fig.suptitle(wrap(f"{table.title}: CLS attention, last block, heads averaged",
                       max(30, int(9 * fig.get_figwidth()))), fontsize=9)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _panels(table: Table, root: Path, path: Path, title: str,
@@ -162,9 +187,7 @@ def _panels(table: Table, root: Path, path: Path, title: str,
         draw(ax, data)
         ax.set_title(wrap(short(name), 30), fontsize=8)
     fig.suptitle(wrap(f"{table.title}: {title}", max(30, int(9 * fig.get_figwidth()))), fontsize=10)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def distance_figure(table: Table, root: Path, path: Path) -> Optional[Path]:
@@ -203,7 +226,7 @@ CAPTIONS = {
                 "attends to, per block (a point per head); small means local, large global.",
     "position": "What the position embeddings learned: tile (i, j) shows how similar patch (i, j)'s "
                 "embedding is to every other patch's; a 2-D grid structure means positions were learned.",
-    "confusion": "Which classes are mistaken for which, for the best setting (rows: true class, "
-                 "percent of its test images).",
+    "confusion": "Which classes are mistaken for which, for the best setting (percent of the "
+                 "true class's test images; beyond 20 classes, the most frequent confusions).",
     "rotation": "The pretext task: which rotations are mistaken for which on the rotated test set.",
 }

@@ -16,7 +16,6 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.tables import Table, label, reference_curve  # noqa: E402
-from sweeper.records import RESULT_PHASES  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 110, "font.size": 10, "axes.grid": True, "grid.alpha": 0.3})
 
@@ -37,6 +36,13 @@ def short(text: str) -> str:
     return text if len(text) <= MAX_LABEL else text[: MAX_LABEL - 1] + "…"
 
 
+def save(fig: plt.Figure, path: Path) -> Path:
+    """Write the figure and free it (a report draws dozens)."""
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def whole_numbers(ax: plt.Axes) -> None:
     """Epochs and trials are counted: no 1.5 on their axis."""
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -47,7 +53,8 @@ def curves(table: Table, epochs: pd.DataFrame, path: Path,
     """Test accuracy and loss per epoch: a line per setting (mean over seeds, band min..max).
     `reference_configs` (run -> flat config) adds the report's curve of the same shape, dashed."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
-    rows = epochs[epochs["run"].isin(table.runs["run"]) & epochs["phase"].isin(RESULT_PHASES)]
+    result = table.runs.set_index("run")["result_phase"]
+    rows = epochs[epochs["phase"] == epochs["run"].map(result)]
     labels = table.runs.set_index("run")["label"]
     rows = rows.assign(label=rows["run"].map(labels))
     for i, name in enumerate(table.stats["label"]):
@@ -75,9 +82,7 @@ def curves(table: Table, epochs: pd.DataFrame, path: Path,
     whole_numbers(acc_ax)
     whole_numbers(loss_ax)
     fig.suptitle(wrap(table.title, 110))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def final_bars(table: Table, path: Path) -> Path:
@@ -100,9 +105,7 @@ def final_bars(table: Table, path: Path) -> Path:
     width = max(30, int(9 * fig.get_figwidth()))
     ax.set(title=wrap(f"{table.title}: final test accuracy", width), ylabel="test accuracy (%)",
            ylim=(0, 105))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def run_times(runs: pd.DataFrame, settings: list[str], path: Path) -> Path:
@@ -118,6 +121,4 @@ def run_times(runs: pd.DataFrame, settings: list[str], path: Path) -> Path:
     ax.set_yticks(range(len(ordered)), names, fontsize=7)
     ax.set(title="Time per run", xlabel="wall time (minutes)")
     ax.legend(handles=[Patch(color=c, label=t) for t, c in tasks.items()], fontsize=8)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)

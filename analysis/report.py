@@ -126,7 +126,7 @@ def _section(table: Table, col: Collection, root: Path, staging: Path,
     ]
     per_class = insight.per_class_markdown(table, root)
     if per_class:
-        section.tables.append(("Test accuracy per class (%), mean ± std over complete runs:", per_class))
+        section.tables.append(per_class)
     best = next(iter(insight.complete_runs(table).items()), None)
     if best is not None:
         made = insight.confusion_figure(f"{best[0]}: confusion", best[1], root,

@@ -19,7 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from analysis.plots import save  # noqa: E402
 from sweeper.records import STUDY_CSV, STUDY_JSON  # noqa: E402
+
 STATE_COLOURS = {"complete": "C0", "pruned": "C1", "fail": "C3", "running": "C7"}
 
 
@@ -170,9 +172,7 @@ def history_figure(study: Study, path: Path) -> Path:
            ylabel="validation accuracy (%)")
     ax.legend(fontsize=8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def importance_figure(study: Study, path: Path) -> Optional[Path]:
@@ -183,9 +183,7 @@ def importance_figure(study: Study, path: Path) -> Optional[Path]:
     fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.5), layout="constrained")
     ax.barh(names, [imp[n] for n in names], color="C0")
     ax.set(title="Parameter importances (PED-ANOVA)", xlabel="importance")
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 CAPTIONS = {

@@ -14,12 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from sweeper.config import register_configs, unused_keys, unused_message, validate
 from sweeper.errors import ConfigError, SweeperError
 from sweeper import stop
+from sweeper.help import options_help
 from sweeper.records import discard
 from sweeper.rundir import override_keys, run_name
 
 register_configs()
 Plugins.instance().register(OptunaSweeper)  # an editable install hides it from Hydra's scan
 OmegaConf.register_new_resolver("run_name", lambda overrides: run_name(overrides or []))
+OmegaConf.register_new_resolver("options_help", options_help)
 
 
 class JobFailed(CompactHydraException):

@@ -36,13 +36,11 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from sweeper.config import (
-    ClassifyTask, RotationTask, Settings, ViTConfig, register_configs, validate,
-)
+from sweeper.config import Settings, register_configs, validate
 from sweeper.data.batches import MEAN, STD, Batches
 from sweeper.errors import ConfigError, SweeperError
 from sweeper.models import Classifier
-from sweeper.models.vit import Attention, ViT, written_out_attention
+from sweeper.models.vit import Attention, ViT, ViTConfig, written_out_attention
 from sweeper.records import METRICS_FILE
 from sweeper.reference import seed_rows, vit_curve
 from sweeper.rundir import run_name
@@ -60,10 +58,10 @@ def compose_config(overrides: list[str]):
 
 def reference_rows(s: Settings) -> dict[tuple[str, int], dict[str, str]]:
     """The report's rows for the same experiment, keyed by (our phase name, epoch)."""
-    if isinstance(s.task, ClassifyTask) and s.model.name == "vit":
+    if s.task.name == "classify" and s.model.name == "vit":
         m = s.model
         return {("train", int(r["epoch"])): r for r in vit_curve(m.patch, m.heads, m.overlap, m.cls_layer)}
-    if isinstance(s.task, RotationTask):
+    if s.task.name in ("rotation_pretrain", "rotation_probe"):
         phases = {"rotation_pretrain": "pretrain", "finetune": "finetune"}
         return {(phases[r["task"]], int(r["epoch"])): r for r in seed_rows() if r["task"] in phases}
     return {}

@@ -29,6 +29,11 @@ class ConfigError(SweeperError, ValueError):
     """A value of the config, or of a command's arguments, that is not allowed."""
 
 
+def not_allowed(name: str, value: object, allowed: str) -> ConfigError:
+    """The one line of a refused value: its key, the value, what is allowed."""
+    return ConfigError(f"{name}={value!r} is not allowed: {allowed}")
+
+
 class DataError(SweeperError, RuntimeError):
     """The data cannot be had or read."""
 

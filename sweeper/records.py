@@ -119,12 +119,21 @@ def _best(pick: Any, values: list[float]) -> float:
     return pick((v for v in values if math.isfinite(v)), default=math.nan)
 
 
-def run_results(phases: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def result_phase(phases: Iterable[str], named: Optional[str] = None) -> Optional[str]:
+    """The phase whose test figures are the run's result: the one its task names (summary.json's
+    result_phase), else a shipped task's (older runs), else the last one logged."""
+    phases = list(phases)
+    if named in phases:
+        return named
+    return next((p for p in RESULT_PHASES if p in phases), phases[-1] if phases else None)
+
+
+def run_results(phases: dict[str, dict[str, Any]], named: Optional[str] = None) -> dict[str, Any]:
     """A run's headline figures: its result phase's, and the rotation pretext's test accuracy."""
     out: dict[str, Any] = {"epochs_done": sum(p["epochs_done"] for p in phases.values())}
-    result = next((phases[p] for p in RESULT_PHASES if p in phases), None)
+    result = result_phase(phases, named)
     if result is not None:
-        out.update({k: v for k, v in result.items() if k != "epochs_done"})
+        out.update({k: v for k, v in phases[result].items() if k != "epochs_done"})
     if "pretrain" in phases:
         out["rotation_test_acc"] = phases["pretrain"]["final_test_acc"]
     return out

@@ -13,14 +13,14 @@ from omegaconf import DictConfig
 
 from sweeper import insight, records
 from sweeper.config import VIT_SHAPE, Settings, unused_keys
-from sweeper.data import sources, split
+from sweeper.data import split
 from sweeper.errors import (
     ConfigError, Preempted, RunFailed, RunFileError, StorageError, SweeperError,
 )
 from sweeper.lock import LOCK_FILE, run_lock
 from sweeper.records import CONFIG_DIR, FINISHED, Status, discard
 from sweeper.rundir import ConfigFileError, config_changes, store_config, stored_config
-from sweeper.tasks import Phase, build_phases
+from sweeper.tasks import Phase
 from sweeper.train import (
     Judge, Outcome, Preemption, Trainer, compiled_graphs, configure_backends, precision_warning,
     resolve_precision,
@@ -35,11 +35,13 @@ def run(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
     """Train one validated configuration in Hydra's output dir; returns the final test accuracy.
     `cfg` and `overrides` are stored with the run; `n_jobs` (the launcher's) is named when
     the device runs out of memory; `judge` may stop it after an epoch (a search's pruner)."""
-    with Preemption.watch():  # from before training until the hand-off: no signal slips between
-        summary = execute(s, run_dir, cfg, overrides, n_jobs=n_jobs, judge=judge)
+    preemption = Preemption()
+    with preemption.watch():  # from before training until the hand-off: no signal slips between
+        summary = execute(s, run_dir, cfg, overrides, n_jobs=n_jobs, judge=judge,
+                          preemption=preemption)
         if summary.get("status") == Status.PREEMPTED:
             try:
-                Preemption.hand_off()  # under submitit: its handler requeues the job and exits
+                preemption.hand_off()  # under submitit: its handler requeues the job and exits
             except Exception as err:  # it would not requeue (submitit: timed out too many times)
                 summary.update(status=Status.TIMEOUT, detail={**summary.get("detail", {}), "reason": str(err)})
                 records.write_summary(run_dir, summary)
@@ -58,7 +60,8 @@ def run(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
 
 def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
             overrides: Optional[list[str]] = None, max_epochs: int | None = None,
-            n_jobs: Optional[int] = None, judge: Optional[Judge] = None) -> dict[str, Any]:
+            n_jobs: Optional[int] = None, judge: Optional[Judge] = None,
+            preemption: Optional[Preemption] = None) -> dict[str, Any]:
     """Holding the run dir's lock: check the stored config, then load, train and record."""
     device = pick_device(s.device)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -87,7 +90,7 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
         try:
             if cfg is not None and not (run_dir / CONFIG_DIR / records.CONFIG_FILE).exists():
                 store_config(run_dir, cfg, overrides or [])
-            return _train(s, device, run_dir, previous, max_epochs, n_jobs, judge)
+            return _train(s, device, run_dir, previous, max_epochs, n_jobs, judge, preemption)
         except OSError as err:  # disk full, unwritable dir: what was written stays valid
             try:  # a short file may still fit: the run is then not left `running`
                 records.write_summary(run_dir, {**read_summary(run_dir), "status": Status.FAILED,
@@ -100,13 +103,14 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
 
 def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str, Any],
            max_epochs: int | None, n_jobs: Optional[int],
-           judge: Optional[Judge]) -> dict[str, Any]:
+           judge: Optional[Judge],
+           preemption: Optional[Preemption] = None) -> dict[str, Any]:
     started = time.time()
     try:
-        images = split.hold_out(sources.load(s.data), s.data.val_size, s.data.split_seed)
+        images = split.hold_out(s.data.load(), s.data.val_size, s.data.split_seed)
         torch.manual_seed(s.seed)  # model initialisation; batches draw from their own seeds
         on_device = images.to(device)
-        phases = build_phases(s, on_device)
+        phases = s.task.phases(s, on_device)
     except SweeperError:
         discard(run_dir, holding_lock=True)
         raise
@@ -124,6 +128,7 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
         **configure_backends(device),
         "torch": torch.__version__,
         "epochs_planned": sum(p.epochs for p in phases),
+        "result_phase": type(s.task).spec.result,
         **{k: v for p in phases for k, v in p.meta.items()},
     }
     prior_seconds = float(previous.get("wall_seconds") or 0.0)
@@ -140,7 +145,7 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
         summarise(run_dir, base, Status.RUNNING, prior_seconds + time.time() - started)
 
     summarise(run_dir, base, Status.RUNNING, prior_seconds)
-    trainer = Trainer(s, device, run_dir, log, max_epochs, judge)
+    trainer = Trainer(s, device, run_dir, log, max_epochs, judge, preemption)
     try:
         outcome: Outcome = trainer.fit(phases)
     except RunFileError as err:  # its rows up to the checkpoint cannot be read
@@ -214,7 +219,7 @@ def summarise(run_dir: Path, base: dict[str, Any], status: str, seconds: float,
     if error is not None:
         status, detail = Status.DAMAGED, {**(detail or {}), "reason": str(error)}
     summary = {"status": status, **base, "wall_seconds": round(seconds, 2),
-               **records.run_results(phases), "phases": phases}
+               **records.run_results(phases, base.get("result_phase")), "phases": phases}
     if detail:
         summary["detail"] = detail
     records.write_summary(run_dir, summary)

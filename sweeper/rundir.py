@@ -27,6 +27,8 @@ from sweeper.records import CONFIG_DIR, CONFIG_FILE
 # Keys that change where or how a run is kept, never what it computes.
 NOT_RESULTS = ("resume", "data.cache_dir", "checkpoint_every", "logger")
 PATH_KEYS = ("data.root", "task.encoder")
+# Where an option's code lives (older runs have no such key): its `name` says which option it is.
+TARGET = "._target_"
 # Keys added after runs were made, at the value that trains as those runs did: a stored config
 # without the key compares equal to this value.
 ADDED = {"data.val_size": 0, "schedule": "cosine", "grad_clip": 0.0, "augment": "crop_flip",
@@ -121,7 +123,7 @@ def config_changes(run_dir: Path, cfg: DictConfig, unused: Iterable[str] = ()) -
     keys = sorted(set(old) | set(new))
     old = {**ADDED, **old}
     return [f"{k} ({old.get(k, 'absent')!r} -> {new.get(k, 'absent')!r})" for k in keys
-            if k not in skip and old.get(k, "absent") != new.get(k, "absent")]
+            if k not in skip and not k.endswith(TARGET) and old.get(k, "absent") != new.get(k, "absent")]
 
 
 def store_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> None:

@@ -435,6 +435,12 @@ def unfinished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
+def trial_id(trial: Any) -> int:
+    """The storage's id of a trial, which a run in another process needs to report to it
+    (`optuna.trial.Trial(study, id)`); Optuna has no public accessor for it."""
+    return trial._trial_id
+
+
 def finished(study: optuna.Study) -> int:
     """Trials that ran to an end (repeats of an earlier point are not counted)."""
     return sum("duplicate_of" not in t.user_attrs

@@ -37,53 +37,53 @@ class Outcome:
 
 
 class Preemption:
-    """A stop signal is recorded in `caught`; the loop stops after the current step and
-    checkpoints; the signals caught are then handed, in order, to the handlers that were there
-    before (under submitit: SIGTERM to its bypass, SIGUSR2 to its checkpoint-and-requeue)."""
+    """A run's stop signals: one is recorded in `caught`; the loop stops after the current step
+    and checkpoints; the signals caught are then handed, in order, to the handlers that were
+    there before (under submitit: SIGTERM to its bypass, SIGUSR2 to its checkpoint-and-requeue).
+    One instance per run, passed to its trainer."""
 
-    caught: list[int] = []
-    previous: dict[int, Any] = {}
-    watching = False
+    def __init__(self) -> None:
+        self.caught: list[int] = []
+        self.previous: dict[int, Any] = {}
+        self.watching = False
 
-    @classmethod
     @contextmanager
-    def watch(cls) -> Iterator[None]:
+    def watch(self) -> Iterator[None]:
         """Catch stop signals inside the block. Nested, the outer block keeps watching: the run
         watches until its files are written and handed off, so a signal landing just after the
         training loop (submitit sends TERM, then USR2) is caught too, not handled mid-write."""
-        if cls.watching:
+        if self.watching:
             yield
             return
-        cls.caught = []
+        self.caught = []
 
         def handler(signum: int, frame: Any) -> None:
-            cls.caught.append(signum)
+            self.caught.append(signum)
 
         try:
-            cls.previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+            self.previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
         except ValueError:  # not the main thread (some launchers): signals stay as they are
-            cls.previous = {}
+            self.previous = {}
             yield
             return
-        cls.watching = True
+        self.watching = True
         try:
             yield
         finally:
-            cls.watching = False
-            for s, h in cls.previous.items():
+            self.watching = False
+            for s, h in self.previous.items():
                 signal.signal(s, h)
 
-    @classmethod
-    def hand_off(cls) -> None:
+    def hand_off(self) -> None:
         """Give each caught signal to the earlier Python handler, if there was one. Call once
         the run's files are written: submitit's requeues the job and exits the process. A stop
         signal arriving meanwhile is ignored (the run is already saved): SLURM's own time-limit
         warning, which may come up to a minute early, would otherwise re-enter submitit's
         handler mid-dump and fail it."""
-        ignored = {s: signal.signal(s, signal.SIG_IGN) for s in cls.previous}
+        ignored = {s: signal.signal(s, signal.SIG_IGN) for s in self.previous}
         try:
-            for signum in dict.fromkeys(cls.caught):
-                previous = cls.previous.get(signum)
+            for signum in dict.fromkeys(self.caught):
+                previous = self.previous.get(signum)
                 # Python's own Ctrl-C handler would only raise KeyboardInterrupt into this run
                 if callable(previous) and previous is not signal.default_int_handler:
                     previous(signum, None)
@@ -94,16 +94,38 @@ class Preemption:
 
 @dataclass
 class Position:
-    """Where a run stands, all that resuming needs besides the weights: the phase, the epochs
-    done in it, and, after a pre-emption mid-epoch, the steps done and their metric sums."""
+    """Where a run stands: the phase, the epochs done in it, the steps done in the next one."""
 
     phase: int = 0
     epoch: int = 0
     step: int = 0
+
+
+@dataclass
+class EpochSums:
+    """An epoch's figures so far, kept across a pre-emption mid-epoch."""
+
     loss_sum: float = 0.0
     correct: float = 0.0
     seen: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class EpochResult:
+    row: dict[str, Any]  # metrics.csv's training figures of the epoch (empty when stopped)
+    bad_step: int = -1  # the first step whose loss was not finite, or -1
+    stopped: Optional[tuple[Position, EpochSums]] = None  # where a stop signal left it
+
+
+def read_position(state: dict) -> tuple[Position, EpochSums]:
+    """A checkpoint's `position` (cursor and sums in one flat dict, as `_save` writes it)."""
+    found = state["position"]
+    cursor = {k: found[k] for k in Position.__dataclass_fields__ if k in found}
+    sums = {k: found[k] for k in EpochSums.__dataclass_fields__ if k in found}
+    if set(found) - set(cursor) - set(sums):
+        raise TypeError(f"unknown position keys {sorted(set(found) - set(cursor) - set(sums))}")
+    return Position(**cursor), EpochSums(**sums)
 
 
 def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str = "cosine") -> float:
@@ -196,11 +218,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
 class Trainer:
     def __init__(self, s: Settings, device: torch.device, run_dir: Path,
                  log: Callable[[dict[str, Any]], None], max_epochs: Optional[int] = None,
-                 judge: Optional[Judge] = None) -> None:
+                 judge: Optional[Judge] = None, preemption: Optional[Preemption] = None) -> None:
         """`max_epochs` stops each phase after that many epochs of its unchanged schedule
         (status `stopped`): the benchmark's "k epochs of the normal schedule". `judge` sees
-        each epoch's row and may end the run there (status `pruned`: a search's pruner)."""
+        each epoch's row and may end the run there (status `pruned`: a search's pruner).
+        `preemption`: the run's stop signals (the run hands them off once its files are written)."""
         self.s, self.device, self.run_dir, self.log = s, device, run_dir, log
+        self.preemption = preemption or Preemption()
         self.max_epochs, self.judge = max_epochs, judge
         self.precision = resolve_precision(device, s.precision)
         self.autocast = autocast_for(device, s.precision)
@@ -216,16 +240,16 @@ class Trainer:
         if misfit:
             checkpoint.set_aside(path, misfit)
             state = None
-        at = Position(**state["position"]) if state else Position()
+        at, sums = read_position(state) if state else (Position(), EpochSums())
         self.history = list(state.get("history", [])) if state else []
         self.confusions = dict(state.get("confusions", {})) if state else {}
         self._trim_rows(at, phases)
-        with Preemption.watch():
+        with self.preemption.watch():
             for index in range(at.phase, len(phases)):
                 phase = phases[index]
                 resumed = state if index == at.phase else None
-                start = at if index == at.phase else Position(phase=index)
-                outcome = self._run_phase(phase, start, resumed)
+                start = (at, sums) if index == at.phase else (Position(phase=index), EpochSums())
+                outcome = self._run_phase(phase, *start, resumed)
                 if outcome.status != Status.COMPLETE:
                     return outcome
                 if phase.on_end:
@@ -259,7 +283,8 @@ class Trainer:
                   f"moved across; the batch order is the same, drawn from (seed, phase, epoch)",
                   flush=True)
 
-    def _run_phase(self, phase: Phase, at: Position, state: Optional[dict]) -> Outcome:
+    def _run_phase(self, phase: Phase, at: Position, sums: EpochSums,
+                   state: Optional[dict]) -> Outcome:
         s, device = self.s, self.device
         model = phase.model.to(device)
         if phase.frozen is not None:  # frozen from this phase on: the optimiser never sees it
@@ -281,13 +306,15 @@ class Trainer:
         for epoch in range(at.epoch, phase.epochs):
             if self.max_epochs is not None and epoch - at.epoch >= self.max_epochs:
                 return Outcome(Status.STOPPED, {"phase": phase.name, "epoch": epoch})
-            part = at if epoch == at.epoch else Position(phase=at.phase, epoch=epoch)
-            row, bad_step, stopped = self._train_epoch(phase, model, step_model, optimizer, part,
-                                                       total, warmup, channels_last)
-            if stopped is not None:
-                self._save(stopped, model, optimizer)
+            part = (at, sums) if epoch == at.epoch else (Position(at.phase, epoch), EpochSums())
+            result = self._train_epoch(phase, model, step_model, optimizer, *part, total, warmup,
+                                       channels_last)
+            if result.stopped is not None:
+                self._save(*result.stopped, model, optimizer)
                 return Outcome(Status.PREEMPTED, {"phase": phase.name, "epoch": epoch + 1,
-                                             "step": stopped.step, "signal": Preemption.caught[-1]})
+                                                  "step": result.stopped[0].step,
+                                                  "signal": self.preemption.caught[-1]})
+            row, bad_step = result.row, result.bad_step
             row["test_loss"], row["test_acc"], confusion = self.evaluate(step_model, phase.test,
                                                                          channels_last)
             self.confusions[phase.name] = confusion
@@ -304,29 +331,30 @@ class Trainer:
                 return Outcome(Status.PRUNED, {"phase": phase.name, "epoch": epoch + 1})
             done = Position(phase=at.phase, epoch=epoch + 1)
             if epoch + 1 == phase.epochs or time.monotonic() - self.last_save >= s.checkpoint_every:
-                self._save(done, model, optimizer)
+                self._save(done, EpochSums(), model, optimizer)
         return Outcome(Status.COMPLETE)
 
     def _train_epoch(self, phase: Phase, model: nn.Module, step_model: nn.Module,
-                     optimizer: torch.optim.Optimizer, at: Position, total: int, warmup: int,
-                     channels_last: bool) -> tuple[dict[str, Any], int, Optional[Position]]:
-        """One epoch from step `at.step`: (its row, the first non-finite step or -1, and the
-        position to checkpoint if a stop signal came, else None)."""
+                     optimizer: torch.optim.Optimizer, at: Position, sums: EpochSums, total: int,
+                     warmup: int, channels_last: bool) -> EpochResult:
+        """One epoch from step `at.step`, its figures so far `sums`."""
         s, device = self.s, self.device
         model.train()
         if phase.frozen is not None:
             phase.frozen.eval()  # a linear probe keeps the encoder's batch-norm statistics
         steps = len(phase.train)
-        loss_sum = torch.tensor(at.loss_sum, device=device)
-        correct = torch.tensor(at.correct, device=device)
+        loss_sum = torch.tensor(sums.loss_sum, device=device)
+        correct = torch.tensor(sums.correct, device=device)
         bad_step = torch.tensor(-1, device=device)
-        seen, lr = at.seen, s.lr
+        seen, lr = sums.seen, s.lr
         progress = _Progress(at.epoch + 1, steps)
         start = time.perf_counter()
         for step, (x, y) in enumerate(phase.train.epoch(at.epoch, at.step), start=at.step):
-            if Preemption.caught:
-                return {}, -1, Position(at.phase, at.epoch, step, loss_sum.item(), correct.item(),
-                                        seen, at.seconds + time.perf_counter() - start)
+            if self.preemption.caught:
+                return EpochResult({}, stopped=(
+                    Position(at.phase, at.epoch, step),
+                    EpochSums(loss_sum.item(), correct.item(), seen,
+                              sums.seconds + time.perf_counter() - start)))
             global_step = at.epoch * steps + step
             lr = lr_at(global_step, total, warmup, s.lr, s.schedule)
             for group in optimizer.param_groups:
@@ -345,10 +373,10 @@ class Trainer:
             progress.update(step + 1)
         progress.close()
         train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # the epoch's sync
-        seconds = at.seconds + time.perf_counter() - start
+        seconds = sums.seconds + time.perf_counter() - start
         row = {"epoch": at.epoch + 1, "train_loss": train_loss, "train_acc": train_acc, "lr": lr,
                "epoch_seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1)}
-        return row, int(bad_step.item()), None
+        return EpochResult(row, int(bad_step.item()))
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Any,
@@ -372,10 +400,11 @@ class Trainer:
         confusion = counts.view(classes, classes).cpu()
         return loss_sum.item() / seen, confusion.diagonal().sum().item() / seen, confusion
 
-    def _save(self, at: Position, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def _save(self, at: Position, sums: EpochSums, model: nn.Module,
+              optimizer: torch.optim.Optimizer) -> None:
         checkpoint.atomic_save({
             "version": CHECKPOINT_VERSION,
-            "position": asdict(at),
+            "position": {**asdict(at), **asdict(sums)},
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "device": self.device.type,
@@ -390,8 +419,8 @@ def _misfit(state: dict, phases: list[Phase]) -> Optional[str]:
     """Why a readable checkpoint is not one of this run's (another model's weights, or a
     position past the epochs this run plans), or None."""
     try:
-        at = Position(**state["position"])
-    except (KeyError, TypeError):
+        at, _ = read_position(state)
+    except (KeyError, TypeError, AttributeError):
         return "holds no position this trainer writes"
     planned = phases[at.phase].epochs if 0 <= at.phase < len(phases) else -1
     if not 0 <= at.epoch <= planned or (at.step > 0 and at.epoch == planned):

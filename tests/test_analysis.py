@@ -8,40 +8,11 @@ from pathlib import Path
 import pandas as pd
 import numpy as np
 import pytest
-import yaml
 
-from conftest import ROOT, TINY, ok, sweeper
+from helpers.commands import TINY, ok, sweeper
+from helpers.files import fake_run, report
 from analysis.collect import collect
 from analysis.tables import build_tables
-
-BASE = {"model": {"name": "vit", "dim": 240, "depth": 6}, "task": {"name": "classify"},
-        "data": {"name": "cifar10", "root": "data"}, "patch": 4, "heads": 4, "overlap": "none",
-        "cls_layer": "first", "epochs": 3, "seed": 0, "lr": 0.001}
-
-
-def fake_run(root: Path, name: str, accs: list[float], status: str = "complete", **changes) -> Path:
-    run = root / name
-    (run / ".hydra").mkdir(parents=True)
-    config = json.loads(json.dumps(BASE))
-    for key, value in changes.items():
-        node = config
-        *parents, leaf = key.split("__")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    rows = ["phase,epoch,train_loss,train_acc,test_loss,test_acc,lr,epoch_seconds,images_per_s"]
-    phase = "finetune" if config["task"]["name"] != "classify" else "train"
-    rows += [f"{phase},{i + 1},1.0,{a},{2 - a},{a},0.001,10,5000" for i, a in enumerate(accs)]
-    (run / "metrics.csv").write_text("\n".join(rows) + "\n")
-    (run / "summary.json").write_text(json.dumps(
-        {"status": status, "task": config["task"]["name"], "wall_seconds": 10.0 * len(accs)}))
-    return run
-
-
-def report(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis.report", str(root), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture
@@ -281,7 +252,7 @@ def test_per_class_tables_keep_groups_whose_class_names_differ(tmp_path):
         run = fake_run(tmp_path, name, [0.5, 0.6], patch=8 if name == "a" else 16)
         (run / "per_class.csv").write_text("class,accuracy\n" + "".join(f"{c},0.5\n" for c in classes))
     (table,) = build_tables(collect(tmp_path))
-    md = insight.per_class_markdown(table, tmp_path)
+    _, md = insight.per_class_markdown(table, tmp_path)
     assert "| c0 |" in md.replace("c0 ", "c0 ") and "| cat |" in md
     assert md.count("50.0") == 4
 

@@ -3,8 +3,8 @@
 import json
 import subprocess
 import sys
+from helpers.commands import ROOT, TINY
 
-from conftest import ROOT, TINY
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:

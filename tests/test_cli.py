@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import ROOT, metrics, ok, run_dirs, summary, sweeper
+from helpers.commands import ROOT, metrics, ok, run_dirs, summary, sweeper
 from sweeper.train import autocast_for, native_bf16, resolve_precision
 
 COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
@@ -20,7 +20,9 @@ def test_default_is_the_reports_baseline_vit():
 def test_help_lists_groups_and_options():
     out = ok(sweeper("--help")).stdout
     for line in ["patch: 4, 8, 16", "heads: 4, 6, 8, 10, 12", "overlap: none, half",
-                 "cls_layer: first, last, or a block index", "model: resnet18, vit", "data: cifar10, folder, synthetic",
+                 "cls_layer: first, last, or a block index", "model: resnet18, timm, torchvision, vit", "data: cifar10, cifar100, folder, synthetic",
+                 "model=vit: dim=240 depth=6 mlp_ratio=2.0", "data=cifar100: root=data labels=fine",
+                 "recipe=short: batch_size=128 lr=1e-3",
                  "task: classify, finetune, rotation_pretrain, rotation_probe, scratch"]:
         assert line in out
 

@@ -9,28 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from helpers.files import make_tree, write_png
 from sweeper.data import sources
 from sweeper.data.batches import Batches, augment
 from sweeper.data.sources import DataError
 from sweeper.data.split import hold_out
-
-
-def write_png(img: torch.Tensor, path: Path) -> None:
-    Image.fromarray(img.permute(1, 2, 0).numpy()).save(path)
-
-
-def make_tree(root: Path, per_class: int = 3) -> Path:
-    """train/<class>/*.png and test/<class>/*.png with the class in the red channel."""
-    for split in ("train", "test"):
-        for c, name in enumerate(["cat", "ant", "bee"]):
-            (root / split / name).mkdir(parents=True)
-            for i in range(per_class):
-                img = torch.full((3, 32, 32), 10 * i, dtype=torch.uint8)
-                img[0] = 50 * c
-                write_png(img, root / split / name / f"{i}.png")
-    return root
 
 
 def test_folder_reads_sorted_classes_and_labels(tmp_path):
@@ -105,7 +89,7 @@ def test_cifar10_reads_torchvisions_layout(tmp_path):
         batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": [i % 10 for i in range(n)]}
         (base / name).write_bytes(pickle.dumps(batch))
     (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane"] * 10}))
-    images = sources.cifar10(tmp_path)
+    images = sources.cifar(tmp_path, sources.CIFAR10)
     assert images.x_train.shape == (20, 3, 32, 32) and images.x_test.shape == (3, 3, 32, 32)
     first = pickle.loads((base / "data_batch_1").read_bytes())[b"data"][0]
     assert torch.equal(images.x_train[0].flatten(), torch.from_numpy(first))
@@ -119,7 +103,7 @@ def test_cifar10_offline_says_what_to_do(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(DataError, match="point data.root at a local copy.*or use data=folder"):
-        sources.cifar10(tmp_path)
+        sources.cifar(tmp_path, sources.CIFAR10)
 
 
 def test_synthetic_is_deterministic_and_balanced():
@@ -159,8 +143,60 @@ def test_hold_out_keeps_exactly_the_images_asked_for_stratified(val_size):
 
 
 def test_a_one_image_validation_split_trains_and_is_evaluated(tmp_path):
-    from conftest import TINY, metrics, ok, sweeper
+    from helpers.commands import TINY, metrics, ok, sweeper
 
     ok(sweeper(*TINY, "data.val_size=1", f"hydra.run.dir={tmp_path / 'run'}"))
     (row,) = metrics(tmp_path / "run")
     assert float(row["val_acc"]) in (0.0, 1.0)
+
+
+def write_cifar100(root: Path, n_train: int = 200, n_test: int = 100) -> Path:
+    """A tiny file set in torchvision's cifar-100-python layout: fine label i % 100, coarse i % 20."""
+    base = root / "cifar-100-python"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, n in (("train", n_train), ("test", n_test)):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"fine_labels": [i % 100 for i in range(n)],
+                 b"coarse_labels": [i % 20 for i in range(n)]}
+        (base / name).write_bytes(pickle.dumps(batch))
+    (base / "meta").write_bytes(pickle.dumps({
+        b"fine_label_names": [f"fine{i}".encode() for i in range(100)],
+        b"coarse_label_names": [f"coarse{i}".encode() for i in range(20)]}))
+    return root
+
+
+@pytest.mark.parametrize("labels, classes", [("fine", 100), ("coarse", 20)])
+def test_cifar100_reads_torchvisions_layout_with_fine_or_coarse_labels(tmp_path, labels, classes):
+    write_cifar100(tmp_path)
+    images = sources.Cifar100Data(root=str(tmp_path), labels=labels).load()
+    assert len(images.classes) == classes and images.classes[1] == f"{labels}1"
+    assert images.x_train.shape == (200, 3, 32, 32) and images.x_test.shape == (100, 3, 32, 32)
+    assert images.y_train.tolist()[:3] == [0, 1, 2] and int(images.y_train.max()) == classes - 1
+
+
+def test_cifar100_refuses_a_pickle_that_would_run_code(tmp_path):
+    write_cifar100(tmp_path)
+    (tmp_path / "cifar-100-python" / "meta").write_bytes(
+        b"cos\nsystem\n(S'echo hacked'\ntR.")  # protocol 0: os.system("echo hacked")
+    with pytest.raises(DataError, match="is not a CIFAR-100 python batch.*refused"):
+        sources.Cifar100Data(root=str(tmp_path)).load()
+
+
+def test_cifar100_trains_and_its_report_stays_readable(tmp_path):
+    import subprocess
+    import sys
+
+    from helpers.commands import ROOT, ok, summary, sweeper
+
+    write_cifar100(tmp_path / "data", n_train=400)
+    run = tmp_path / "runs" / "c100"
+    ok(sweeper("data=cifar100", f"data.root={tmp_path / 'data'}", "epochs=1", "batch_size=64",
+               "model.dim=24", "model.depth=1", "patch=8", f"hydra.run.dir={run}"))
+    assert summary(run)["status"] == "complete"
+    report = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path / "runs")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "runs" / "report" / "report.md").read_text()
+    assert sum(line.startswith("| fine") for line in text.splitlines()) == 20  # of 100
+    assert "the most frequent confusions" in text

@@ -7,31 +7,18 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, SLOW, TINY, metrics, ok, run_dirs, scores, summary, sweeper
+from helpers.commands import (
+    ROOT, SLOW, TINY, metrics, ok, run_dirs, scores, start_and_signal, summary, sweeper,
+)
 from sweeper.config import register_configs, validate
 from sweeper.errors import StorageError
 from sweeper.lock import run_lock
 from sweeper.train import Preemption
-
-def start_and_signal(run_dir: Path, sig: int, extra: tuple = ()) -> subprocess.Popen:
-    """Start a slow run and send it `sig` once its first checkpoint is on disk (a checkpoint
-    is renamed into place whole, so existing means complete)."""
-    proc = subprocess.Popen([sys.executable, "-m", "sweeper", *SLOW, *extra, f"hydra.run.dir={run_dir}"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not (run_dir / "checkpoint.pt").exists():
-        if time.time() > deadline or proc.poll() is not None:
-            raise AssertionError(f"no checkpoint written: exit {proc.poll()}")
-        time.sleep(0.02)
-    proc.send_signal(sig)
-    return proc
-
 
 def test_kill_9_then_rerun_resumes_without_repeated_rows(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
@@ -88,9 +75,10 @@ def test_a_second_stop_signal_during_the_hand_off_is_ignored():
 
     old = signal.signal(signal.SIGUSR2, earlier)
     try:
-        with Preemption.watch():
+        preemption = Preemption()
+        with preemption.watch():
             os.kill(os.getpid(), signal.SIGUSR2)
-        Preemption.hand_off()
+        preemption.hand_off()
         assert signal.getsignal(signal.SIGUSR2) is earlier  # handed back afterwards
     finally:
         signal.signal(signal.SIGUSR2, old)

@@ -6,8 +6,7 @@ import signal
 import pytest
 import torch
 
-from conftest import SLOW, TINY, metrics, ok, scores, summary, sweeper
-from test_faults import start_and_signal
+from helpers.commands import SLOW, TINY, metrics, ok, scores, start_and_signal, summary, sweeper
 from sweeper.data.batches import Batches
 from sweeper.train import native_bf16, resolve_precision
 

@@ -8,9 +8,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import SLOW, TINY, metrics, ok, scores, summary, sweeper
-from test_faults import start_and_signal
-from test_hostile import _execute_in_process, _run_in_process, one_line_error
+from helpers.commands import SLOW, TINY, metrics, ok, scores, start_and_signal, summary, sweeper
+from helpers.in_process import execute_in_process, one_line_error, run_in_process
 from sweeper import checkpoint
 from sweeper.data.batches import Batches
 from sweeper.train import precision_warning, resolve_precision
@@ -46,10 +45,10 @@ def test_checkpoints_follow_checkpoint_every_and_always_close_a_phase(tmp_path, 
     real = checkpoint.atomic_save
     monkeypatch.setattr(checkpoint, "atomic_save", lambda obj, path: saves.append(
         obj["position"]["epoch"]) or real(obj, path))
-    _execute_in_process(tmp_path / "a", [*TINY, "epochs=3", "checkpoint_every=3600"])
+    execute_in_process(tmp_path / "a", [*TINY, "epochs=3", "checkpoint_every=3600"])
     assert saves == [3]
     saves.clear()
-    _execute_in_process(tmp_path / "b", [*TINY, "epochs=3", "checkpoint_every=0"])
+    execute_in_process(tmp_path / "b", [*TINY, "epochs=3", "checkpoint_every=0"])
     assert saves == [1, 2, 3]
 
 
@@ -62,14 +61,14 @@ def test_out_of_memory_is_a_status_a_line_and_a_retry(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "train_step", oom)
     with pytest.raises(RunFailed) as failed:
-        _run_in_process(tmp_path, [*TINY, "batch_size=32"])
+        run_in_process(tmp_path, [*TINY, "batch_size=32"])
     result = summary(tmp_path / "run")
     assert result["status"] == "oom" and result["detail"]["batch_size"] == 32
     line = failed.value.line
     assert line.startswith("error: out of memory") and "batch_size=32" in line
     assert "hydra.launcher.n_jobs=1" in line and failed.value.code == 1
     monkeypatch.undo()
-    assert _execute_in_process(tmp_path, [*TINY, "batch_size=32"])["status"] == "complete"
+    assert execute_in_process(tmp_path, [*TINY, "batch_size=32"])["status"] == "complete"
 
 
 def test_precision_auto_is_native_only_and_a_forced_bf16_says_what_runs():
@@ -130,7 +129,7 @@ def test_epochs_means_the_reported_phase_for_every_task(tmp_path):
 
 
 def test_run_dir_names_leave_out_what_cannot_change_results(tmp_path):
-    from test_data import make_tree
+    from helpers.files import make_tree
 
     tree = make_tree(tmp_path / "my data")
     tiny = [a for a in TINY if not a.startswith("data")]

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT, TINY, ok, run_dirs, summary, sweeper
-from test_analysis import fake_run, report
-from test_data import make_tree, write_png
+from helpers.commands import ROOT, TINY, ok, run_dirs, summary, sweeper
+from helpers.files import fake_run, make_tree, report, write_png
+from helpers.in_process import execute_in_process, one_line_error
 from analysis.collect import collect
 from analysis.tables import build_tables
 from sweeper.data import sources
@@ -26,12 +26,6 @@ from sweeper.data.batches import batch_bounds
 from sweeper.data.sources import DataError
 from sweeper.lock import EXPIRY_SECONDS, LOCK_FILE, run_lock
 from sweeper.rundir import MAX_NAME_BYTES, run_name
-
-
-def one_line_error(proc: subprocess.CompletedProcess, code: int, text: str) -> None:
-    assert proc.returncode == code, proc.stdout + proc.stderr
-    assert proc.stderr.startswith("error:") and proc.stderr.strip().count("\n") == 0, proc.stderr
-    assert text in proc.stderr, proc.stderr
 
 
 # ---- data loss -----------------------------------------------------------------------------
@@ -77,16 +71,16 @@ def test_cifar10_pickles_cannot_run_code(tmp_path):
     _Exploit.marker = tmp_path / "pwned"
     (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [_Exploit()]}))
     with pytest.raises(DataError, match=r"batches.meta is not a CIFAR-10 python batch .*refused"):
-        sources.cifar10(tmp_path)
+        sources.cifar(tmp_path, sources.CIFAR10)
     assert not _Exploit.marker.exists()
 
     (base / "batches.meta").write_bytes(b"\x80\x04 garbage that is no pickle")
     with pytest.raises(DataError, match="batches.meta is not a CIFAR-10 python batch"):
-        sources.cifar10(tmp_path)
+        sources.cifar(tmp_path, sources.CIFAR10)
     (base / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a"] * 10}))
     (base / "data_batch_3").write_bytes(pickle.dumps({b"data": "not pixels", b"labels": [0]}))
     with pytest.raises(DataError, match="data_batch_3 is not a CIFAR-10 python batch"):
-        sources.cifar10(tmp_path)
+        sources.cifar(tmp_path, sources.CIFAR10)
 
 
 def test_bad_cifar10_root_is_one_line_from_the_cli(tmp_path):
@@ -233,36 +227,11 @@ def test_a_damaged_summary_is_listed(tmp_path):
     assert any("a: summary.json is damaged" in p for p in col.problems)
 
 
-def _execute_in_process(tmp_path, overrides):
-    from hydra import compose, initialize_config_dir
-
-    from sweeper.config import register_configs, validate
-    from sweeper.run import execute
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return execute(validate(cfg), tmp_path / "run", cfg, overrides)
-
-
-def _run_in_process(tmp_path, overrides):
-    """As `python -m sweeper` runs one job below its entry point: errors are raised, not shown."""
-    from hydra import compose, initialize_config_dir
-
-    from sweeper.config import register_configs, validate
-    from sweeper.run import run
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
-    return run(validate(cfg), tmp_path / "run", cfg, overrides)
-
-
 def test_non_finite_evaluation_is_divergence_and_json_stays_valid(tmp_path, monkeypatch):
     from sweeper.train import Trainer
 
     monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: (float("nan"), 0.1, torch.zeros(10, 10, dtype=torch.long)))
-    result = _execute_in_process(tmp_path, [*TINY, "epochs=2"])
+    result = execute_in_process(tmp_path, [*TINY, "epochs=2"])
     assert result["status"] == "diverged" and result["detail"]["epoch"] == 1
     stored = json.loads((tmp_path / "run" / "summary.json").read_text())  # strict JSON
     assert stored["final_test_loss"] is None and stored["status"] == "diverged"
@@ -324,7 +293,7 @@ def test_an_unwritable_run_directory_is_one_line(tmp_path):
     (["weight_decay=nan"], "weight_decay=nan is not allowed: a finite number"),
     (["model.mlp_ratio=nan"], "model.mlp_ratio=nan is not allowed: a finite number"),
     (["checkpoint_every=nan"], "checkpoint_every=nan is not allowed: a finite number"),
-    (["+model.patch=8"], "model.patch is not a key: the ViT's shape is set at the top level"),
+    (["+model.patch=8"], "model.patch is not a key of model=vit: it is set at the top level, e.g. patch=8"),
     (["task=scratch", "model=vit", "+task.freeze_encoder=true"], "task.freeze_encoder is not valid for task=scratch"),
     (["task=scratch", "model=vit", "pretrain_epochs=3"], "pretrain_epochs is not used by model=vit task=scratch"),
     (["model=resnet18", "patch=8"], "patch is not used by model=resnet18 task=classify"),

@@ -7,20 +7,19 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import TINY, metrics, ok, sweeper
-from test_analysis import fake_run, report
-from test_hostile import _execute_in_process
+from helpers.commands import TINY, metrics, ok, sweeper
+from helpers.files import fake_run, report
+from helpers.in_process import execute_in_process
 from sweeper import insight
-from sweeper.config import ViTConfig
 from sweeper.data import sources
-from sweeper.models import build_encoder
+from sweeper.models.vit import ViTConfig
 
 
 @pytest.mark.parametrize("patch,overlap", [(4, "none"), (8, "none"), (16, "none"),
                                            (4, "half"), (8, "half"), (16, "half")])
 def test_attention_rows_sum_to_one_and_rollout_covers_the_patch_grid(patch, overlap):
     torch.manual_seed(0)
-    vit = build_encoder(ViTConfig(patch=patch, overlap=overlap, dim=24, depth=2, heads=4)).eval()
+    vit = ViTConfig(patch=patch, overlap=overlap, dim=24, depth=2, heads=4).build().eval()
     maps = vit.attention_maps(torch.randn(3, 3, 32, 32))
     for attn in maps:
         torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:-1]))
@@ -59,9 +58,9 @@ def test_a_run_writes_per_class_confusion_and_vit_insight(tmp_path):
 
 
 def test_extras_do_not_change_the_training_numbers(tmp_path, monkeypatch):
-    with_extras = _execute_in_process(tmp_path / "a", [*TINY, "epochs=2"])
+    with_extras = execute_in_process(tmp_path / "a", [*TINY, "epochs=2"])
     monkeypatch.setattr(insight, "write", lambda *a, **k: None)
-    without = _execute_in_process(tmp_path / "b", [*TINY, "epochs=2"])
+    without = execute_in_process(tmp_path / "b", [*TINY, "epochs=2"])
     assert (tmp_path / "a" / "run" / "insight.json").exists()
     assert not (tmp_path / "b" / "run" / "insight.json").exists()
     keep = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]

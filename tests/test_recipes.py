@@ -5,24 +5,18 @@ import signal
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, SLOW, TINY, metrics, ok, run_dirs, scores, summary, sweeper
-from sweeper.config import register_configs, validate
+from helpers.commands import (
+    ROOT, SLOW, TINY, metrics, ok, run_dirs, scores, start_and_signal, summary, sweeper,
+)
+from helpers.in_process import settings
 from sweeper.data.augment import OPS, Augmentation, trivial_augment
 from sweeper.data.batches import Batches, normaliser, normalise
 from sweeper.train import lr_at, train_step
-from test_faults import start_and_signal
 
 RECIPE_KEYS = ("batch_size", "lr", "weight_decay", "warmup_epochs", "schedule", "grad_clip",
                "label_smoothing", "augment", "erasing", "mixup_alpha", "cutmix_alpha",
                "mix_until", "drop_path")
-
-
-def settings(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return validate(compose(config_name="config", overrides=list(overrides)))
 
 
 @pytest.mark.parametrize("recipe", ["default", "short", "strong"])

@@ -4,14 +4,15 @@ from pathlib import Path
 
 import torch
 
-from conftest import TINY, metrics, ok, summary, sweeper
-from sweeper.config import (
-    FinetuneTask, RotationTask, ScratchTask, Settings, SyntheticData, ViTConfig,
-)
+from helpers.commands import TINY, metrics, ok, summary, sweeper
+from sweeper.config import Settings
 from sweeper.data import sources
+from sweeper.data.sources import SyntheticData
+from sweeper.models.vit import ViTConfig
 from sweeper.data.split import stratified_split
-from sweeper.tasks import build_phases
-from sweeper.tasks.rotation import ENCODER_FILE, Rotated, rotate4, save_encoder
+from sweeper.tasks.rotation import (
+    ENCODER_FILE, FinetuneTask, Rotated, RotationTask, ScratchTask, rotate4, save_encoder,
+)
 
 
 def settings(task, **data) -> Settings:
@@ -40,7 +41,7 @@ def test_split_is_stratified_disjoint_and_deterministic():
 def test_pretraining_is_fed_no_labels():
     s = settings(RotationTask())
     images = sources.synthetic(100, 20)
-    pretrain, finetune = build_phases(s, images)
+    pretrain, finetune = s.task.phases(s, images)
     assert isinstance(pretrain.train, Rotated)
     assert pretrain.train.batches.labels is None  # the feed holds images only
     assert len(pretrain.train.batches.images) == 80  # split A
@@ -60,13 +61,14 @@ def test_rotation_labels_agree_with_rot90():
 def test_finetuning_starts_from_the_pretrained_encoder(tmp_path):
     s = settings(RotationTask())
     images = sources.synthetic(100, 20)
-    pretrain, finetune = build_phases(s, images)
+    pretrain, finetune = s.task.phases(s, images)
     assert finetune.model.encoder is pretrain.model.encoder
     save_encoder(pretrain.model.encoder, s, tmp_path / ENCODER_FILE)
 
     s_ft = settings(FinetuneTask(encoder=str(tmp_path / ENCODER_FILE)))
-    (loaded,) = build_phases(s_ft, images)
-    (fresh,) = build_phases(settings(ScratchTask()), images)
+    (loaded,) = s_ft.task.phases(s_ft, images)
+    s_scratch = settings(ScratchTask())
+    (fresh,) = s_scratch.task.phases(s_scratch, images)
     saved = torch.load(tmp_path / ENCODER_FILE, weights_only=True)["state"]
     for name, tensor in loaded.model.encoder.state_dict().items():
         assert torch.equal(tensor, saved[name])

@@ -8,7 +8,7 @@ import optuna
 import pytest
 import torch
 
-from conftest import ROOT, metrics, ok, run_dirs, summary, sweeper
+from helpers.commands import ROOT, metrics, ok, run_dirs, summary, sweeper
 from sweeper.data.sources import ImageSet
 from sweeper.data.split import hold_out
 

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers.commands import ROOT, SLOW, TINY, ok, run_dirs, scores, summary, sweeper
+from helpers.files import report
 
-from conftest import ROOT, SLOW, TINY, ok, run_dirs, scores, summary, sweeper
-from test_analysis import report
 
 pytestmark = [
     pytest.mark.slurm,

@@ -5,9 +5,8 @@ import contextlib
 import pytest
 import torch
 
-from sweeper.config import ViTConfig
-from sweeper.models import Classifier, build_encoder
-from sweeper.models.vit import Attention, PatchEmbedding
+from sweeper.models import Classifier
+from sweeper.models.vit import Attention, PatchEmbedding, ViTConfig
 
 
 @pytest.mark.parametrize("patch,stride", [(4, 4), (8, 8), (16, 16), (4, 2), (8, 4), (16, 8)])
@@ -27,14 +26,14 @@ def test_patch_embedding_is_one_dense_layer_on_flattened_patches(patch, stride):
 @pytest.mark.parametrize("patch,overlap,tokens", [(4, "half", 225), (8, "half", 49), (16, "half", 9),
                                                   (4, "none", 64), (16, "none", 4)])
 def test_token_count_follows_patch_and_overlap(patch, overlap, tokens):
-    vit = build_encoder(ViTConfig(patch=patch, overlap=overlap, dim=24, depth=1))
+    vit = ViTConfig(patch=patch, overlap=overlap, dim=24, depth=1).build()
     assert vit.embed.position.shape == (1, tokens, 24)
     assert vit.features(torch.randn(3, 3, 32, 32)).shape == (3, 24)
 
 
 def _logits(cls_layer):
     torch.manual_seed(0)
-    model = Classifier(build_encoder(ViTConfig(dim=24, depth=3, heads=4, cls_layer=cls_layer)), 10)
+    model = Classifier(ViTConfig(dim=24, depth=3, heads=4, cls_layer=cls_layer).build(), 10)
     return model(torch.randn(4, 3, 32, 32))
 
 
@@ -51,7 +50,7 @@ def test_cls_joining_before_a_block_sees_the_image(cls_layer):
 
 def _both_paths(cfg: ViTConfig, autocast) -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    model = Classifier(build_encoder(cfg), 10)
+    model = Classifier(cfg.build(), 10)
     x = torch.randn(4, 3, 32, 32)
     out = {}
     for path in ("written", "sdpa"):
@@ -82,7 +81,7 @@ def test_cpu_bf16_autocast_takes_the_written_out_path_and_fp32_takes_sdpa(monkey
     sdpa = torch.nn.functional.scaled_dot_product_attention
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
                         lambda *a, **k: calls.append(1) or sdpa(*a, **k))
-    model = Classifier(build_encoder(ViTConfig(dim=24, depth=2)), 10)
+    model = Classifier(ViTConfig(dim=24, depth=2).build(), 10)
     x = torch.randn(2, 3, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         model(x)

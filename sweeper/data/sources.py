@@ -1,7 +1,8 @@
 """Image sources -> `ImageSet`: uint8 NCHW tensors and int64 labels for train and test.
 
-Three sources: torchvision's CIFAR-10, an image folder (or .tar.gz of one) decoded once into a
-cache, and small synthetic images for tests. Everything after this module sees only tensors.
+The shipped `data=` options: torchvision's CIFAR-10 and CIFAR-100, an image folder (or .tar.gz
+of one) decoded once into a cache, and small synthetic images for tests. Each is a
+`DataOption` whose `load` returns an `ImageSet`; everything after this module sees tensors.
 """
 
 from __future__ import annotations
@@ -20,14 +21,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from sweeper.checkpoint import atomic_save
-from sweeper.config import (
-    IMAGE_SIZE,
-    Cifar10Data,
-    DataConfig,
-    FolderData,
-    SyntheticData,
-)
-from sweeper.errors import DataError
+from sweeper.config import IMAGE_SIZE
+from sweeper.errors import DataError, not_allowed
+from sweeper.options import DataOption
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CACHE_VERSION = 2  # 2: images ordered by (class, file name) from a folder and a tarball alike
@@ -51,48 +47,129 @@ class ImageSet:
 CACHED = ("x_train", "y_train", "x_test", "y_test", "classes")  # what a source provides
 
 
-def load(cfg: DataConfig) -> ImageSet:
-    if isinstance(cfg, SyntheticData):
-        return synthetic(cfg.n_train, cfg.n_test)
-    if isinstance(cfg, FolderData):
-        return folder(Path(cfg.root).expanduser(), Path(cfg.cache_dir).expanduser())
-    if isinstance(cfg, Cifar10Data):
-        return cifar10(Path(cfg.root).expanduser())
-    raise TypeError(f"unknown data config {cfg!r}")
+@dataclass
+class Cifar10Data(DataOption):
+    """`data=cifar10`: torchvision's layout under `root`, downloaded there on first use."""
+
+    name: str = "cifar10"
+    root: str = "data"
+
+    def load(self) -> ImageSet:
+        return cifar(Path(self.root).expanduser(), CIFAR10)
 
 
-CIFAR_DIR = "cifar-10-batches-py"  # torchvision's layout of the official python release
-CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+@dataclass
+class Cifar100Data(DataOption):
+    """`data=cifar100`: torchvision's layout under `root`, downloaded there on first use;
+    `labels`: the 100 fine classes, or the 20 coarse superclasses."""
+
+    name: str = "cifar100"
+    root: str = "data"
+    labels: str = "fine"  # fine | coarse
+
+    def check(self) -> None:
+        if self.labels not in ("fine", "coarse"):
+            raise not_allowed("data.labels", self.labels, "fine or coarse")
+
+    def load(self) -> ImageSet:
+        return cifar(Path(self.root).expanduser(), CIFAR100, self.labels)
 
 
-def cifar10(root: Path) -> ImageSet:
+@dataclass
+class FolderData(DataOption):
+    """`data=folder`: train/<class>/*.png|jpg and test/<class>/..., a folder or a tarball."""
+
+    name: str = "folder"
+    root: Optional[str] = None
+    cache_dir: str = "~/.cache/sweeper"
+
+    def check(self) -> None:
+        allowed = "a directory (or .tar.gz of one) holding train/<class>/ and test/<class>/"
+        if not self.root:
+            raise not_allowed("data.root", self.root, allowed)
+        path = Path(self.root).expanduser()
+        if not path.exists():
+            raise not_allowed("data.root", self.root, f"{allowed}; it does not exist")
+        if path.is_dir() and not ((path / "train").is_dir() and (path / "test").is_dir()):
+            raise not_allowed("data.root", self.root, f"{allowed}; train/ or test/ is missing")
+        if path.is_file() and not path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            raise not_allowed("data.root", self.root, allowed)
+
+    def load(self) -> ImageSet:
+        return folder(Path(self.root).expanduser(), Path(self.cache_dir).expanduser())
+
+
+@dataclass
+class SyntheticData(DataOption):
+    """`data=synthetic`: small generated images with learnable classes, for tests."""
+
+    name: str = "synthetic"
+    n_train: int = 2000
+    n_test: int = 400
+
+    def check(self) -> None:
+        for key in ("n_train", "n_test"):
+            if getattr(self, key) < 10:
+                raise not_allowed(f"data.{key}", getattr(self, key), "at least 10 images")
+
+    def load(self) -> ImageSet:
+        return synthetic(self.n_train, self.n_test)
+
+
+@dataclass(frozen=True)
+class CifarLayout:
+    """One of the official python releases, as torchvision unpacks it."""
+
+    name: str
+    folder: str
+    train: tuple[str, ...]
+    test: str
+    meta: str
+    dataset: str  # torchvision.datasets' class that downloads it
+
+    def names_key(self, labels: str) -> bytes:
+        return b"label_names" if self.name == "CIFAR-10" else f"{labels}_label_names".encode()
+
+    def labels_key(self, labels: str) -> bytes:
+        return b"labels" if self.name == "CIFAR-10" else f"{labels}_labels".encode()
+
+
+CIFAR10 = CifarLayout("CIFAR-10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
+                      "test_batch", "batches.meta", "CIFAR10")
+CIFAR100 = CifarLayout("CIFAR-100", "cifar-100-python", ("train",), "test", "meta", "CIFAR100")
+
+
+def cifar(root: Path, layout: CifarLayout, labels: str = "fine") -> ImageSet:
     """Read torchvision's layout under `root`, downloading it there first if it is absent."""
-    if not all((root / CIFAR_DIR / name).is_file() for name in CIFAR_TRAIN + ["test_batch"]):
-        from torchvision.datasets import CIFAR10
+    base = root / layout.folder
+    if not all((base / name).is_file() for name in (*layout.train, layout.test, layout.meta)):
+        import torchvision.datasets
 
         try:
-            CIFAR10(str(root), train=True, download=True)
+            getattr(torchvision.datasets, layout.dataset)(str(root), train=True, download=True)
         except Exception as err:  # offline: urllib/socket errors of every kind
             raise DataError(
-                f"CIFAR-10 is not under data.root={str(root)!r} and could not be downloaded "
+                f"{layout.name} is not under data.root={str(root)!r} and could not be downloaded "
                 f"({type(err).__name__}): point data.root at a local copy in torchvision's "
-                f"layout ({CIFAR_DIR}/), or use data=folder data.root=DIR_OR_TAR_GZ"
+                f"layout ({layout.folder}/), or use data=folder data.root=DIR_OR_TAR_GZ"
             ) from err
-    base = root / CIFAR_DIR
-    meta = _unpickle(base / "batches.meta")
-    names = meta.get(b"label_names") if isinstance(meta, dict) else None
+    meta = _unpickle(base / layout.meta, layout.name)
+    key = layout.names_key(labels)
+    names = meta.get(key) if isinstance(meta, dict) else None
     if not isinstance(names, list) or not all(isinstance(c, (bytes, str)) for c in names):
-        raise DataError(f"{base / 'batches.meta'} is not CIFAR-10's batches.meta (no label_names)")
+        raise DataError(f"{base / layout.meta} is not {layout.name}'s {layout.meta} "
+                        f"(no {key.decode()})")
     classes = [c.decode() if isinstance(c, bytes) else c for c in names]
-    x_train, y_train = _cifar_batches([base / name for name in CIFAR_TRAIN])
-    x_test, y_test = _cifar_batches([base / "test_batch"])
+    key = layout.labels_key(labels)
+    x_train, y_train = _cifar_batches([base / name for name in layout.train], layout.name, key)
+    x_test, y_test = _cifar_batches([base / layout.test], layout.name, key)
     images = ImageSet(x_train, y_train, x_test, y_test, classes)
     _check(images, str(root))
     return images
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    """Admits only what CIFAR-10's python batches hold (dicts, lists, bytes, str, ints and numpy
+    """Admits only what CIFAR's python batches hold (dicts, lists, bytes, str, ints and numpy
     arrays): a pickle naming any other callable is refused, so a crafted file runs no code."""
 
     ALLOWED = {
@@ -108,25 +185,26 @@ class _CifarUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(path: Path) -> Any:
+def _unpickle(path: Path, dataset: str) -> Any:
     try:
         with open(path, "rb") as f:
             return _CifarUnpickler(f, encoding="bytes").load()
     except Exception as err:  # any garbage: truncated, not a pickle, refused, wrong encoding
-        raise DataError(f"{path} is not a CIFAR-10 python batch ({type(err).__name__}: "
+        raise DataError(f"{path} is not a {dataset} python batch ({type(err).__name__}: "
                         f"{str(err).splitlines()[0] if str(err) else 'unreadable'})") from None
 
 
-def _cifar_batches(paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+def _cifar_batches(paths: list[Path], dataset: str,
+                   key: bytes) -> tuple[torch.Tensor, torch.Tensor]:
     xs, ys = [], []
     for path in paths:
-        batch = _unpickle(path)
+        batch = _unpickle(path, dataset)
         data = batch.get(b"data") if isinstance(batch, dict) else None
-        labels = batch.get(b"labels") if isinstance(batch, dict) else None
+        labels = batch.get(key) if isinstance(batch, dict) else None
         if (not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2
                 or data.shape[1] != 3 * IMAGE_SIZE * IMAGE_SIZE or not isinstance(labels, list)
                 or len(labels) != len(data) or not all(type(v) is int for v in labels)):
-            raise DataError(f"{path} is not a CIFAR-10 python batch (expected uint8 data of "
+            raise DataError(f"{path} is not a {dataset} python batch (expected uint8 data of "
                             f"shape (N, {3 * IMAGE_SIZE * IMAGE_SIZE}) and N integer labels)")
         xs.append(torch.from_numpy(np.ascontiguousarray(data)).view(-1, 3, IMAGE_SIZE, IMAGE_SIZE))
         ys.append(torch.tensor(labels, dtype=torch.int64))

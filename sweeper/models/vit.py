@@ -12,13 +12,74 @@ last block, where it never attends to a patch).
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, ClassVar, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sweeper.config import IMAGE_SIZE, ViTConfig, cls_block, patch_stride
+from sweeper.config import IMAGE_SIZE
+from sweeper.errors import not_allowed
+from sweeper.options import ModelOption
+from sweeper.records import VIT_SHAPE
+
+
+@dataclass
+class ViTConfig(ModelOption):
+    """`model=vit`. The shape keys (patch, overlap, heads, cls_layer) and drop_path come from
+    the top level of the config, the only place a user sets them."""
+
+    top_level: ClassVar[tuple[str, ...]] = (*VIT_SHAPE, "drop_path")
+    name: str = "vit"
+    patch: int = 4
+    overlap: str = "none"  # none | half (stride = patch / 2)
+    heads: int = 4
+    cls_layer: Any = "first"  # first | last | block index 0..depth
+    dim: int = 240  # divisible by 4, 6, 8, 10 and 12, so every heads option runs unchanged
+    depth: int = 6
+    mlp_ratio: float = 2.0
+    drop_path: float = 0.0  # stochastic depth of the last block (the recipe's)
+
+    @property
+    def stride(self) -> int:
+        return self.patch // 2 if self.overlap == "half" else self.patch
+
+    @property
+    def cls_block(self) -> int:
+        """The block index the CLS token joins before (`depth` means after the last block)."""
+        if self.cls_layer == "first":
+            return 0
+        if self.cls_layer == "last":
+            return self.depth
+        return int(self.cls_layer)
+
+    def check(self) -> None:
+        if self.overlap not in ("none", "half"):
+            raise not_allowed("overlap", self.overlap, "none or half")
+        if self.patch <= 0 or self.patch > IMAGE_SIZE:
+            raise not_allowed("patch", self.patch, f"a patch side from 1 to {IMAGE_SIZE}")
+        if self.overlap == "half" and self.patch % 2:
+            raise not_allowed("patch", self.patch, "an even patch side with overlap=half")
+        if (IMAGE_SIZE - self.patch) % self.stride:
+            raise not_allowed("patch", self.patch,
+                           f"patches of side {self.patch} with stride {self.stride} must tile the "
+                           f"{IMAGE_SIZE}x{IMAGE_SIZE} image exactly (try 4, 8 or 16)")
+        if self.depth <= 0:
+            raise not_allowed("model.depth", self.depth, "a positive number of blocks")
+        if self.heads <= 0:
+            raise not_allowed("heads", self.heads, "a positive number of attention heads")
+        if self.dim <= 0 or self.dim % self.heads:
+            raise not_allowed("model.dim", self.dim, f"a positive width divisible by heads={self.heads}")
+        if self.mlp_ratio <= 0:
+            raise not_allowed("model.mlp_ratio", self.mlp_ratio, "a positive number")
+        cls = self.cls_layer
+        if not (cls in ("first", "last")
+                or (isinstance(cls, int) and not isinstance(cls, bool) and 0 <= cls <= self.depth)):
+            raise not_allowed("cls_layer", cls, f"first, last or a block index from 0 to {self.depth}")
+
+    def build(self) -> "ViT":
+        return ViT(self)
 
 
 class PatchEmbedding(nn.Module):
@@ -108,25 +169,27 @@ class Block(nn.Module):
 class ViT(nn.Module):
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
-        self.embed = PatchEmbedding(cfg.patch, patch_stride(cfg), cfg.dim)
+        self.embed = PatchEmbedding(cfg.patch, cfg.stride, cfg.dim)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))  # step 4: Z_0
         nn.init.trunc_normal_(self.cls, std=0.02)
         rates = [cfg.drop_path * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]  # 0 first
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(cfg.dim)
-        self.cls_block = cls_block(cfg)
+        self.cls_block = cfg.cls_block
         self.feature_dim = cfg.dim
         self.apply(_init)
+
+    def _join_at(self, i: int, z: torch.Tensor) -> torch.Tensor:
+        """Before block i (i = depth: after the last), the CLS token joins as token 0."""
+        if i != self.cls_block:
+            return z
+        return torch.cat([self.cls.expand(len(z), -1, -1), z], dim=1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         z = self.embed(x)
         for i, block in enumerate(self.blocks):
-            if i == self.cls_block:
-                z = torch.cat([self.cls.expand(len(z), -1, -1), z], dim=1)
-            z = block(z)
-        if self.cls_block == len(self.blocks):
-            z = torch.cat([self.cls.expand(len(z), -1, -1), z], dim=1)
-        return self.norm(z[:, 0])
+            z = block(self._join_at(i, z))
+        return self.norm(self._join_at(len(self.blocks), z)[:, 0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -138,8 +201,7 @@ class ViT(nn.Module):
         maps = []
         z = self.embed(x)
         for i, block in enumerate(self.blocks):
-            if i == self.cls_block:
-                z = torch.cat([self.cls.expand(len(z), -1, -1), z], dim=1)
+            z = self._join_at(i, z)
             maps.append(block.attn.weights(block.norm1(z)))
             z = block(z)
         return maps

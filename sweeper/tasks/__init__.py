@@ -1,6 +1,7 @@
 """Tasks say what a batch is, what is trained and what is logged, as a list of `Phase`s.
 
-The train loop runs the phases in order; it knows nothing of rotations or fine-tuning.
+A task option (sweeper.options.TaskOption) builds its phases from these parts; the train loop
+runs them in order and knows nothing of rotations or fine-tuning.
 """
 
 from __future__ import annotations
@@ -12,16 +13,9 @@ from typing import Callable, Iterable, Iterator, Optional, Protocol
 import torch
 from torch import nn
 
-from sweeper.config import (
-    ClassifyTask,
-    ConfigError,
-    FinetuneTask,
-    RotationTask,
-    ScratchTask,
-    Settings,
-)
+from sweeper.config import Settings
+from sweeper.errors import ConfigError
 from sweeper.data.augment import Augmentation
-from sweeper.data.sources import ImageSet
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -59,18 +53,3 @@ def require_images(n: int, split: str, keys: str) -> None:
     if n < 2:
         raise ConfigError(f"split {split} has {n} training image(s), too few to train on: "
                           f"give it at least 2 (change {keys})")
-
-
-def build_phases(s: Settings, images: ImageSet) -> list[Phase]:
-    """`images` already live on the training device."""
-    from sweeper.tasks import classify, rotation
-
-    if isinstance(s.task, ClassifyTask):
-        return classify.phases(s, images)
-    if isinstance(s.task, RotationTask):
-        return rotation.pretrain_then_finetune(s, images)
-    if isinstance(s.task, FinetuneTask):
-        return rotation.finetune_saved(s, images)
-    if isinstance(s.task, ScratchTask):
-        return rotation.scratch_on_b(s, images)
-    raise TypeError(f"unknown task {s.task!r}")

@@ -7,22 +7,72 @@ device with `torch.rot90` after the usual crop and flip.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import ClassVar, Iterator, Optional
 
 import torch
 from torch import nn
 
 from sweeper.checkpoint import atomic_save
-from sweeper.config import ConfigError, FinetuneTask, RotationTask, Settings
+from sweeper.config import Settings
 from sweeper.data.batches import Batches
 from sweeper.data.sources import ImageSet
 from sweeper.data.split import stratified_split
-from sweeper.models import Classifier, build_encoder
+from sweeper.errors import ConfigError, not_allowed
+from sweeper.models import Classifier
+from sweeper.options import TaskOption
+from sweeper.records import TASKS, TaskSpec
 from sweeper.tasks import Batch, Phase, augmentation, require_images
 
 ROTATIONS = 4
 ENCODER_FILE = "encoder.pt"
+
+
+@dataclass
+class RotationTask(TaskOption):
+    """`task=rotation_pretrain`: the pretext on A, then fine-tuning on B; with
+    `freeze_encoder` (`task=rotation_probe`) only the new 10-way head trains on B."""
+
+    spec: ClassVar[TaskSpec] = TASKS["rotation_pretrain"]
+    name: str = "rotation_pretrain"
+    freeze_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        self.name = "rotation_probe" if self.freeze_encoder else "rotation_pretrain"
+
+    def phases(self, s: Settings, images: ImageSet) -> list[Phase]:
+        return pretrain_then_finetune(s, images)
+
+
+@dataclass
+class FinetuneTask(TaskOption):
+    """`task=finetune task.encoder=PATH`: a saved encoder fine-tuned (or probed) on B."""
+
+    spec: ClassVar[TaskSpec] = TASKS["finetune"]
+    name: str = "finetune"
+    encoder: Optional[str] = None
+    freeze_encoder: bool = False
+
+    def check(self) -> None:
+        if not self.encoder:
+            raise not_allowed("task.encoder", self.encoder, "the path of a saved encoder.pt")
+        if not Path(self.encoder).expanduser().is_file():
+            raise not_allowed("task.encoder", self.encoder, "an existing encoder.pt file")
+
+    def phases(self, s: Settings, images: ImageSet) -> list[Phase]:
+        return finetune_saved(s, images)
+
+
+@dataclass
+class ScratchTask(TaskOption):
+    """`task=scratch`: the same network trained on B only, the baseline for fine-tuning."""
+
+    spec: ClassVar[TaskSpec] = TASKS["scratch"]
+    name: str = "scratch"
+
+    def phases(self, s: Settings, images: ImageSet) -> list[Phase]:
+        return scratch_on_b(s, images)
 
 
 def rotate4(x: torch.Tensor) -> Batch:
@@ -63,7 +113,7 @@ def pretrain_then_finetune(s: Settings, images: ImageSet) -> list[Phase]:
     task: RotationTask = s.task
     a, b = split_a_b(s, images)
     require_images(len(a), "A", SPLIT_KEYS)
-    encoder = build_encoder(s.model)
+    encoder = s.model.build()
     per_batch = max(1, s.batch_size // ROTATIONS)  # a step still sees batch_size examples
     eval_batch = max(1, s.eval_batch_size // ROTATIONS)
     pretrain = Phase(
@@ -82,7 +132,7 @@ def pretrain_then_finetune(s: Settings, images: ImageSet) -> list[Phase]:
 
 def finetune_saved(s: Settings, images: ImageSet) -> list[Phase]:
     task: FinetuneTask = s.task
-    encoder = build_encoder(s.model)
+    encoder = s.model.build()
     load_encoder(encoder, task.encoder)
     _, b = split_a_b(s, images)
     phase = _on_b(s, images, b, encoder, "finetune", task.freeze_encoder)
@@ -92,7 +142,7 @@ def finetune_saved(s: Settings, images: ImageSet) -> list[Phase]:
 
 def scratch_on_b(s: Settings, images: ImageSet) -> list[Phase]:
     """The baseline that says what pre-training bought: the same network, B only, no pretext."""
-    encoder = build_encoder(s.model)
+    encoder = s.model.build()
     _, b = split_a_b(s, images)
     return [_on_b(s, images, b, encoder, "train", False)]
 

@@ -13,6 +13,7 @@ folder as `hydra_plugins.sweeper_search`, and `python -m sweeper` registers it e
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,16 +63,18 @@ class OptunaSweeper(Sweeper):
 
         try:
             try:
-                from sweeper import search
+                importlib.import_module("sweeper.search")  # Optuna and scipy come with it
             except ImportError as err:
                 raise SearchError(f"hydra/sweeper=optuna needs Optuna ({err}): "
                                   f"pip install -e \".[search]\"") from None
-            return self._sweep(search, arguments)
+            return self._sweep(arguments)
         except SweeperError as err:
             raise SystemExit(err.show()) from None
 
-    def _space(self, search: Any, arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    def _space(self, arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
         """The preset's params, then the command line (a plain value there fixes a key)."""
+        from sweeper import search
+
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         space: dict[str, Any] = {}
@@ -88,8 +91,9 @@ class OptunaSweeper(Sweeper):
                 fixed[key] = override.input_line
         return space, fixed
 
-    def _check(self, search: Any, space: dict[str, Any], fixed: list[str]) -> None:
+    def _check(self, space: dict[str, Any], fixed: list[str]) -> None:
         """Before any trial: the objective exists, and one point of the space makes a valid run."""
+        from sweeper import search
         from sweeper.preflight import invalid_jobs
 
         if not space:
@@ -106,8 +110,10 @@ class OptunaSweeper(Sweeper):
         if unused:
             raise search.SearchError(f"no run of this search uses {unused[0]}: drop it")
 
-    def _sweep(self, search: Any, arguments: list[str]) -> list:
+    def _sweep(self, arguments: list[str]) -> list:
         import optuna
+
+        from sweeper import search
 
         if self.unknown:
             key = sorted(self.unknown)[0]
@@ -124,10 +130,10 @@ class OptunaSweeper(Sweeper):
             raise search.SearchError(f"hydra.sweeper.max_failure_rate={self.max_failure_rate!r} "
                                      f"is not allowed: a fraction from 0.0 to 1.0")
         names, directions = search.objectives(self.direction, self.objective)
-        extend = self._extender(search)
-        space, fixed_by_key = self._space(search, arguments)
+        extend = self._extender()
+        space, fixed_by_key = self._space(arguments)
         fixed = list(fixed_by_key.values())
-        self._check(search, space, fixed)
+        self._check(space, fixed)
         seed = self.sampler_config.get("seed")
         is_grid = str(self.sampler_config.get("_target_", "")).endswith("GridSampler")
         n_trials = min(self.n_trials, search.grid_size(space)) if is_grid else self.n_trials
@@ -147,7 +153,7 @@ class OptunaSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         if self.baseline and not is_grid and not study.get_trials(deepcopy=False):
             search.enqueue_baseline(study, space, self.config)
-        resumed = [optuna.trial.Trial(study, t._trial_id) for t in search.unfinished(study)]
+        resumed = [optuna.trial.Trial(study, search.trial_id(t)) for t in search.unfinished(study)]
         if resumed:
             print(f"study {study.study_name}: resuming {len(resumed)} unfinished trial(s)", flush=True)
         job_idx, returns, best, repeats = 0, [], None, 0
@@ -177,11 +183,11 @@ class OptunaSweeper(Sweeper):
                     best = search.write_tables(study, sweep_dir)["best"]
                 break
             repeats = 0
-            jobs = [search.trial_overrides(fixed, t.params, t._trial_id) for t in batch]
+            jobs = [search.trial_overrides(fixed, t.params, search.trial_id(t)) for t in batch]
             results = self.launcher.launch(jobs, initial_job_idx=job_idx)
             job_idx += len(batch)
             returns.append(results)
-            told = [self._tell(search, study, trial, result, names, sweep_dir)
+            told = [self._tell(study, trial, result, names, sweep_dir)
                     for trial, result in zip(batch, results)]
             best = search.write_tables(study, sweep_dir)["best"]
             failed = told.count(optuna.trial.TrialState.FAIL)
@@ -201,8 +207,10 @@ class OptunaSweeper(Sweeper):
                   f"{best['params']} ({sweep_dir / search.STUDY_CSV})", flush=True)
         return returns
 
-    def _extender(self, search: Any) -> Any:
+    def _extender(self) -> Any:
         """`custom_search_space`: a function (cfg, trial) that suggests more values per trial."""
+        from sweeper import search
+
         if not self.custom_search_space:
             return None
         from hydra.utils import get_method
@@ -214,12 +222,19 @@ class OptunaSweeper(Sweeper):
                                      f"{self.custom_search_space} cannot be imported: "
                                      f"{str(err.__cause__ or err).splitlines()[0]}") from None
 
-    def _tell(self, search: Any, study: Any, trial: Any, result: Any, names: list[str],
+    def _tell(self, study: Any, trial: Any, result: Any, names: list[str],
               sweep_dir: Path) -> Any:
         """Tell the study how the trial's run ended: the state told, or None if it has not
         ended."""
+        from sweeper import search
+
         run_dir = Path(result.hydra_cfg.hydra.runtime.output_dir)
-        error = str(result._return_value) if result.status == JobStatus.FAILED else None
+        error = None
+        if result.status == JobStatus.FAILED:
+            try:
+                result.return_value  # Hydra's public way to a failed job's error: it raises it
+            except Exception as err:
+                error = str(err)
         told = search.outcome(run_dir, error, names, sweep_dir)
         if told is None:
             print(f"trial {trial.number}: not finished ({run_dir}); a rerun resumes it", flush=True)

@@ -1,0 +1,1 @@
+"""Helpers the test modules share (none of them imports another test module)."""
