@@ -12,6 +12,7 @@ import argparse
 import html
 import os
 import re
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from analysis import insight, plots, study
 from analysis.collect import Collection, collect
-from analysis.tables import Table, build_tables, markdown, write_runs_csv
+from analysis.tables import Table, build_tables, label, markdown, write_runs_csv
 from sweeper.errors import StorageError, SweeperError
 from sweeper.records import CONFIG_DIR, METRICS_FILE, Status
 
@@ -61,7 +62,45 @@ def _build(root: Path, out: Path, reference: str | None) -> list[str]:
         for leftover in staging.iterdir():
             leftover.unlink()
         staging.rmdir()
-    return col.problems
+    refused = tensorboard_view(root, col, out)
+    return col.problems + ([refused] if refused else [])
+
+
+TENSORBOARD = "tensorboard"  # the report's view of the runs' event files, one folder per run
+VIEW_MARK = ".report-view"  # in a tensorboard/ folder the report made (and may remake)
+
+
+def tensorboard_view(root: Path, col: Collection, out: Path) -> str | None:
+    """`out/tensorboard/<settings>/`: each run's event files, hard-linked (copied across file
+    systems), under the settings that set it apart, so `tensorboard --logdir out/tensorboard`
+    names runs by what differs, not by their directories. Returns a problem line or None."""
+    runs = [(r, root / r["run"] / TENSORBOARD) for _, r in col.runs.iterrows()]
+    runs = [(r, d) for r, d in runs if d.is_dir()]
+    view = out / TENSORBOARD
+    if view.exists() and not (view / VIEW_MARK).is_file():
+        return f"{view} was not made by a report: left as it is, no TensorBoard view written"
+    if view.exists():
+        shutil.rmtree(view)
+    if not runs:
+        return None
+    view.mkdir()
+    (view / VIEW_MARK).write_text("made by python -m analysis.report; remade by each report\n")
+    taken: set[str] = set()
+    for run, events in runs:
+        name = label({**{k: run.get(k) for k in col.settings}, "seed": run.get("seed")})
+        name = name.replace("/", "_").replace(", ", " ")
+        while name in taken:
+            name += "+"
+        taken.add(name)
+        for source in events.rglob("*"):
+            if source.is_file():
+                target = view / name / source.relative_to(events)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(source, target)  # the same file: a run still writing shows live
+                except OSError:
+                    shutil.copy2(source, target)
+    return None
 
 
 def _previous_files(out: Path) -> set[str]:
@@ -172,6 +211,12 @@ def _write(root: Path, col: Collection, tables: list[Table], studies: list[study
         col.epochs.to_csv(staging / "epochs.csv", index=False)
         times = plots.run_times(col.runs, col.settings, staging / "run_times.png").name
         sections.append(Section("Time per run", "", images=[(times, "")]))
+    boards = sum((root / r / TENSORBOARD).is_dir() for r in col.runs.get("run", []))
+    if boards:
+        sections.append(Section("TensorBoard", (
+            f"{boards} run(s) logged TensorBoard events: `tensorboard --logdir {TENSORBOARD}`, "
+            f"run in this report's folder, shows each named by the settings that set it apart "
+            f"(the folder links the runs' event files; each report remakes it).")))
     if col.problems:
         sections.append(Section("Skipped", "\n".join(f"- {p}" for p in col.problems)))
 

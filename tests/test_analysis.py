@@ -9,7 +9,7 @@ import pandas as pd
 import numpy as np
 import pytest
 
-from helpers.commands import TINY, ok, sweeper
+from helpers.commands import TINY, metrics, ok, run_dirs, sweeper
 from helpers.files import fake_run, report
 from analysis.collect import collect
 from analysis.tables import build_tables
@@ -312,3 +312,34 @@ def test_a_study_of_several_objectives_names_each_and_its_pareto_front(tmp_path)
     assert "Pareto front: trials 1, 3." in text
     about.update(metric="val_loss", direction="minimize", pareto=None)
     assert "Objective: the final validation loss (minimize)," in summary_text(Study(tmp_path, about, pd.DataFrame()))
+
+
+def test_the_report_names_tensorboard_runs_by_the_settings_that_differ(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    sweep = tmp_path / "sweep"
+    ok(sweeper(*TINY, "epochs=2", "patch=8,16", "logger=tensorboard", f"hydra.sweep.dir={sweep}", "-m"))
+    for _ in range(2):  # a second report remakes the view, never doubles it
+        assert report(sweep).returncode == 0
+    view = sweep / "report" / "tensorboard"
+    mux = EventMultiplexer().AddRunsFromDirectory(str(view))
+    mux.Reload()
+    assert sorted(mux.Runs()) == ["patch=16 seed=0", "patch=8 seed=0"]
+    for patch in (8, 16):
+        (run,) = [d for d in run_dirs(sweep) if f"patch-{patch}" in d.name]
+        logged = [e.value for e in mux.Scalars(f"patch={patch} seed=0", "train/test_acc")]
+        assert logged == pytest.approx([float(r["test_acc"]) for r in metrics(run)])
+    assert "`tensorboard --logdir tensorboard`" in (sweep / "report" / "report.md").read_text()
+
+
+def test_a_tensorboard_folder_the_report_did_not_make_is_left_alone(tmp_path):
+    fake_run(tmp_path / "runs", "a", [0.5])
+    (tmp_path / "runs" / "a" / "tensorboard").mkdir()
+    (tmp_path / "runs" / "a" / "tensorboard" / "events.out.tfevents.1").write_bytes(b"x")
+    mine = tmp_path / "out" / "tensorboard" / "my_notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("keep me")
+    proc = report(tmp_path / "runs", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0 and "was not made by a report" in proc.stdout
+    assert sorted(p.name for p in mine.parent.iterdir()) == ["my_notes.txt"]
