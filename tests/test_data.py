@@ -95,15 +95,21 @@ def test_cifar10_reads_torchvisions_layout(tmp_path):
     assert torch.equal(images.x_train[0].flatten(), torch.from_numpy(first))
 
 
-def test_cifar10_offline_says_what_to_do(tmp_path, monkeypatch):
+def test_cifar10_offline_says_what_to_do_and_leaves_no_empty_folder(tmp_path, monkeypatch):
     import torchvision.datasets
 
-    def offline(*args, **kwargs):
+    def offline(root, **kwargs):  # as torchvision does: the folder first, then the download
+        Path(root).mkdir(parents=True, exist_ok=True)
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
     with pytest.raises(DataError, match="point data.root at a local copy.*or use data=folder"):
-        sources.cifar(tmp_path, sources.CIFAR10)
+        sources.cifar(tmp_path / "data", sources.CIFAR10)
+    assert not (tmp_path / "data").exists()
+    (tmp_path / "mine").mkdir()  # a folder the user made is theirs, empty or not
+    with pytest.raises(DataError):
+        sources.cifar(tmp_path / "mine", sources.CIFAR10)
+    assert (tmp_path / "mine").is_dir()
 
 
 def test_synthetic_is_deterministic_and_balanced():

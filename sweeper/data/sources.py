@@ -7,6 +7,7 @@ of one) decoded once into a cache, and small synthetic images for tests. Each is
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import pickle
@@ -145,9 +146,13 @@ def cifar(root: Path, layout: CifarLayout, labels: str = "fine") -> ImageSet:
     if not all((base / name).is_file() for name in (*layout.train, layout.test, layout.meta)):
         import torchvision.datasets
 
+        created = not root.exists()
         try:
             getattr(torchvision.datasets, layout.dataset)(str(root), train=True, download=True)
         except Exception as err:  # offline: urllib/socket errors of every kind
+            if created:  # a failed first download leaves no empty data/ folder behind
+                with contextlib.suppress(OSError):
+                    root.rmdir()
             raise DataError(
                 f"{layout.name} is not under data.root={str(root)!r} and could not be downloaded "
                 f"({type(err).__name__}): point data.root at a local copy in torchvision's "
