@@ -229,7 +229,10 @@ def _write(root: Path, col: Collection, tables: list[Table], studies: list[study
                   f"{'its' if len(studies) == 1 else 'their'} own section.")
     if reference is not None:
         intro += ("\n\nReference: the assignment report's own numbers (dashed lines, `report` "
-                  "columns), from `sweeper/reference/seed_results.csv`.")
+                  "columns), from `sweeper/reference/seed_results.csv`. \"Above it after\" is the "
+                  "time to the report's answer: the first epoch after which every complete run of "
+                  "the setting scored above the report's final test accuracy, and the training "
+                  "time the slowest of them took to get there.")
     md = [f"# Report: {md_text(str(root))}", "", intro, ""]
     for sec in sections:
         md += [f"## {md_text(sec.title)}", ""] + ([md_text(sec.text), ""] if sec.text else [])

@@ -158,6 +158,8 @@ def _table(title: str, runs: pd.DataFrame, keys: list[str], col: Collection,
         if reference:
             curve = reference_curve(col.configs.get(group["run"].iloc[0], {}))
             row["report_test_acc"] = math.nan if curve is None else curve["test_acc"].iloc[-1]
+            row["passed_report"] = passed_at(col.epochs, list(complete["run"]),
+                                             row["report_test_acc"])
         rows.append(row)
     stats = pd.DataFrame(rows)
     stats = stats.sort_values("final_test_acc_mean", ascending=False, na_position="last")
@@ -176,6 +178,33 @@ def reference_curve(config: dict[str, Any]) -> Optional[pd.DataFrame]:
     for column in ("epoch", "train_acc", "test_acc", "train_loss", "test_loss"):
         curve[column] = pd.to_numeric(curve[column])
     return curve
+
+
+def passed_at(epochs: pd.DataFrame, runs: list[str], bar: float) -> str:
+    """Time to the report's answer: the first epoch after which every run's test accuracy is
+    above `bar` (the report's final figure), with the training seconds it took the slowest run
+    to get there; "not passed" when a run never got above it."""
+    if math.isnan(bar) or not runs:
+        return "—"
+    reached = []
+    for run in runs:
+        rows = epochs[epochs["run"] == run]
+        if rows.empty:
+            return "—"
+        rows = rows[rows["phase"] == rows["phase"].iloc[-1]].sort_values("epoch")  # the result phase
+        above = rows[(rows["test_acc"] > bar).fillna(False).astype(bool)]
+        if above.empty:
+            return f"not passed in {int(rows['epoch'].max())} epochs"
+        k = int(above["epoch"].iloc[0])
+        seconds = rows.loc[rows["epoch"] <= k, "epoch_seconds"] if "epoch_seconds" in rows else None
+        known = seconds is not None and not seconds.isna().any()
+        reached.append((k, float(seconds.sum()) if known else math.nan))
+    k = max(e for e, _ in reached)
+    times = [s for _, s in reached]
+    slowest = math.nan if any(math.isnan(s) for s in times) else max(times)
+    took = ("" if math.isnan(slowest) else
+            f", {slowest:.0f} s" if slowest < 600 else f", {slowest / 60:.0f} min")
+    return f"epoch {k}{took}" + (f" (n={len(runs)})" if len(runs) > 1 else "")
 
 
 UNCONTROLLED = ("These runs differ from the families above, and from each other, in more than "
@@ -237,7 +266,7 @@ def markdown(table: Table) -> str:
     has_ref = "report_test_acc" in table.stats and table.stats["report_test_acc"].notna().any()
     ref_at = 2 if metrics and metrics[0][0] == "final_test_acc" else 1  # beside ours, if shown
     if has_ref:
-        head.insert(ref_at, "report final test acc")
+        head[ref_at:ref_at] = ["report final test acc", "above it after"]
     best = {}
     for metric, _, larger in metrics:
         col = table.stats[f"{metric}_mean"].dropna()
@@ -254,7 +283,8 @@ def markdown(table: Table) -> str:
             cells.append(cell)
         if has_ref:
             ref = row.get("report_test_acc", math.nan)
-            cells.insert(ref_at, "—" if math.isnan(ref) else f"{100 * ref:.2f} %")
+            cells[ref_at:ref_at] = ["—" if math.isnan(ref) else f"{100 * ref:.2f} %",
+                                    row.get("passed_report", "—")]
         cells.append(row["statuses"])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -63,6 +63,22 @@ def test_seeds_aggregate_and_families_do_not_mix_tasks(tree):
             "seed of heads=4 (62.06 to 81.94 %, from 3 seeds): not shown at 95 %.") in heads.verdict
 
 
+def test_time_to_the_reports_answer_is_the_epoch_after_which_every_seed_is_above_it(tree):
+    fake_run(tree, "multirun/heads-6", [0.3, 0.4, 0.5], heads=6)  # below the report's 59.18 %
+    tables = {t.title.split(" (")[0]: t for t in build_tables(collect(tree), reference=True)}
+    patch = tables["Patch size x overlap"].stats.set_index("label")["passed_report"]
+    # patch 4: 50, 60, 70-74 % against the report's 57.88 %; 10 s an epoch
+    assert patch["patch=4, overlap=none"] == "epoch 2, 20 s (n=3)"
+    assert patch["patch=8, overlap=none"] == "epoch 1, 10 s"  # 40 % against 26.09 %
+    assert patch["patch=8, overlap=half"] == "—"  # the report has no such row
+    heads = tables["Attention heads"].stats.set_index("label")["passed_report"]
+    assert heads["heads=8"] == "epoch 2, 20 s" and heads["heads=6"] == "not passed in 3 epochs"
+    assert report(tree, "--reference", "seed").returncode == 0
+    md = (tree / "report" / "report.md").read_text()
+    assert "| report final test acc | above it after |" in md
+    assert "| 59.18 % | not passed in 3 epochs |" in md
+
+
 def test_labels_show_pretext_epochs_only_where_a_pretext_ran(tmp_path):
     fake_run(tmp_path, "scratch", [0.3, 0.5], task__name="scratch", model__name="resnet18",
              pretrain_epochs=50)
