@@ -230,8 +230,8 @@ def _write(root: Path, col: Collection, tables: list[Table], studies: list[study
     if reference is not None:
         intro += ("\n\nReference: the assignment report's own numbers (dashed lines, `report` "
                   "columns), from `sweeper/reference/seed_results.csv`. \"Above it after\" is the "
-                  "time to the report's answer: the first epoch after which every complete run of "
-                  "the setting scored above the report's final test accuracy, and the training "
+                  "time to the report's answer: the first epoch by which every complete run of "
+                  "the setting had scored above the report's final test accuracy, and the training "
                   "time the slowest of them took to get there.")
     md = [f"# Report: {md_text(str(root))}", "", intro, ""]
     for sec in sections:

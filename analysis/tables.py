@@ -181,9 +181,9 @@ def reference_curve(config: dict[str, Any]) -> Optional[pd.DataFrame]:
 
 
 def passed_at(epochs: pd.DataFrame, runs: list[str], bar: float) -> str:
-    """Time to the report's answer: the first epoch after which every run's test accuracy is
-    above `bar` (the report's final figure), with the training seconds it took the slowest run
-    to get there; "not passed" when a run never got above it."""
+    """Time to the report's answer: the first epoch by which every run had scored a test
+    accuracy above `bar` (the report's final figure), with the training seconds the slowest run
+    took to get there; "not passed" when a run never got above it."""
     if math.isnan(bar) or not runs:
         return "—"
     reached = []
