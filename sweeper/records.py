@@ -319,7 +319,17 @@ def discard(run_dir: Path, holding_lock: bool = False) -> None:
     ours = [p for p in run_dir.iterdir() if p.name not in mine] if run_dir.is_dir() else []
     if run_dir.is_dir() and not ours:
         shutil.rmtree(run_dir, ignore_errors=True)
-        parent = run_dir.parent
-        if parent.name == "runs" and parent.is_dir() and not any(parent.iterdir()):
-            os.rmdir(parent)
+        _remove_empty_parents(run_dir.parent)
+
+
+def _remove_empty_parents(folder: Path) -> None:
+    """Hydra makes the run folder's parents too (outputs/runs/): those that are left empty go,
+    up to the working directory; a folder outside it, or one holding anything, stays."""
+    cwd, folder = Path.cwd().resolve(), folder.resolve()
+    while cwd in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+        try:
+            folder.rmdir()
+        except OSError:  # another run wrote into it meanwhile
+            return
+        folder = folder.parent
 

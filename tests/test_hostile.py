@@ -471,6 +471,15 @@ def test_an_invalid_rerun_beside_a_running_one_leaves_its_folder_config_and_lock
     assert not (tmp_path / "fresh").exists()  # what this process made alone is removed
 
 
+def test_a_failed_first_run_leaves_no_empty_outputs_folder_where_it_was_started(tmp_path):
+    one_line_error(sweeper(*TINY, "lr=-1", cwd=tmp_path), 2, "lr=-1.0 is not allowed")
+    assert list(tmp_path.iterdir()) == []  # Hydra's outputs/runs/NAME/ went, and its parents
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "notes.txt").write_text("mine")
+    one_line_error(sweeper(*TINY, "lr=-1", cwd=tmp_path), 2, "lr=-1.0 is not allowed")
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["notes.txt"]
+
+
 GOOD_STUDY = {"study": "s", "space": {"lr": "log-uniform"}, "trials": {"complete": 1},
               "best": {"trial": 0, "val_acc": 0.5, "test_acc": 0.5, "params": {"lr": 0.001}},
               "importances": {"lr": 1.0}}
