@@ -150,7 +150,8 @@ def test_max_num_timeout_ends_the_run_with_a_clear_status(slurm, tmp_path):
     done = summary(run_dir)["epochs_done"]
     requeued_now(slurm, job)
     wait_for(lambda: summary(run_dir)["status"] == "running" and summary(run_dir)["epochs_done"] > done,
-             "an epoch of the second attempt")
+             "an epoch of the second attempt",
+             timeout=300)  # the requeued job waits for the scheduler, slowly on a busy machine
     command(slurm, "scancel", "--signal=USR2", job)
     out, _ = proc.communicate(timeout=300)
     s = summary(run_dir)
