@@ -220,7 +220,7 @@ def _write(root: Path, col: Collection, tables: list[Table], studies: list[study
     if col.problems:
         sections.append(Section("Skipped", "\n".join(f"- {p}" for p in col.problems)))
 
-    intro = (f"{len(col.runs)} runs; statuses: "
+    intro = (f"{len(col.runs)} run{'' if len(col.runs) == 1 else 's'}; statuses: "
              + ", ".join(f"{s} {n}" for s, n in col.runs["status"].value_counts().items()) + "."
              if not col.runs.empty else "No runs outside the studies.")
     if studies:

@@ -141,6 +141,12 @@ def test_a_tie_is_called_a_tie(tmp_path):
     assert "tie on final test accuracy (70.00 %): no winner" in table.verdict
 
 
+def test_the_report_counts_one_run_as_one_run(tmp_path):
+    fake_run(tmp_path, "only", [0.5, 0.6])
+    ok(report(tmp_path))
+    assert "\n1 run; statuses: complete 1." in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_a_run_that_fits_no_family_is_shown_not_dropped(tmp_path):
     fake_run(tmp_path, "first", [0.5, 0.6])
     fake_run(tmp_path, "first_s1", [0.5, 0.62], seed=1)
