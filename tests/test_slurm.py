@@ -77,10 +77,16 @@ def state(env: dict, job: str) -> str:
 
 def requeued_now(env: dict, job: str) -> None:
     """Wait for the requeued job to pend, then let it start now: SLURM holds a requeued job
-    for about two minutes, which is the scheduler's, not the run's, time. The release is sent
-    again every 2 s until the job leaves PENDING, so one the scheduler does not act on costs
-    seconds, not the hold."""
+    for about two minutes, which is the scheduler's, not the run's, time. The release comes
+    in the second after the requeue at the earliest: slurmd refuses to launch a job whose
+    credential is not newer, to the second, than the kill that ended its last attempt ("Job
+    already killed, do not launch batch job"), and the job then fails with no result, which
+    submitit, without SLURM accounting, waits on for ever. The kill came before the job pended,
+    so from the next second on the new credential is newer. The release is sent again every
+    2 s until the job leaves PENDING, so one the scheduler does not act on costs seconds, not
+    the hold."""
     wait_for(lambda: "PENDING" in state(env, job), "requeue")
+    time.sleep(1.05 - time.time() % 1)
 
     def released() -> bool:
         if "PENDING" not in state(env, job):
@@ -90,6 +96,21 @@ def requeued_now(env: dict, job: str) -> None:
         return False
 
     wait_for(released, "the requeued job to start")
+
+
+def ended(env: dict, proc: subprocess.Popen, job: str) -> str:
+    """The sweep's output once its process ends; if it does not within 300 s, the failure
+    says where the job stands and what slurmd logged."""
+    try:
+        return proc.communicate(timeout=300)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = proc.communicate()[0]
+        show = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True,
+                              text=True, timeout=60).stdout
+        slurmd = (Path(env["SLURM_CONF"]).parent / "slurmd.log").read_text().splitlines()[-20:]
+        pytest.fail(f"the sweep did not end in 300 s\n{show}\nslurmd:\n" + "\n".join(slurmd)
+                    + f"\nsweep:\n{out[-3000:]}")
 
 
 def interrupted_mid_run(env, tmp_path, *extra: str) -> tuple[subprocess.Popen, Path, str]:
@@ -116,7 +137,7 @@ def test_a_time_limit_checkpoints_at_the_step_and_the_requeued_job_resumes(slurm
     stopped = summary(run_dir)["detail"]
     assert stopped["signal"] == signal.SIGUSR2 and stopped["step"] >= 0
     requeued_now(slurm, job)
-    out, _ = proc.communicate(timeout=300)
+    out = ended(slurm, proc, job)
     assert proc.returncode == 0, out
     assert summary(run_dir)["status"] == "complete"
     assert scores(run_dir) == uninterrupted  # no epoch twice, no row lost, the same numbers
@@ -133,7 +154,7 @@ def test_preemption_and_a_lock_left_on_another_node_by_the_same_job(slurm, tmp_p
     # another host, which only the same SLURM job may take over.
     (run_dir / ".lock").write_text(f"node-9 4242 {job}\n")
     requeued_now(slurm, job)
-    out, _ = proc.communicate(timeout=300)
+    out = ended(slurm, proc, job)
     assert proc.returncode == 0, out
     assert summary(run_dir)["status"] == "complete" and scores(run_dir) == uninterrupted
 
@@ -153,7 +174,7 @@ def test_max_num_timeout_ends_the_run_with_a_clear_status(slurm, tmp_path):
              "an epoch of the second attempt",
              timeout=300)  # the requeued job waits for the scheduler, slowly on a busy machine
     command(slurm, "scancel", "--signal=USR2", job)
-    out, _ = proc.communicate(timeout=300)
+    out = ended(slurm, proc, job)
     s = summary(run_dir)
     assert s["status"] == "timeout" and "timed-out too many times" in s["detail"]["reason"], out
     assert proc.returncode != 0
