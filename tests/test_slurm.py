@@ -77,14 +77,10 @@ def state(env: dict, job: str) -> str:
 
 def requeued_now(env: dict, job: str) -> None:
     """Wait for the requeued job to pend, then let it start now: SLURM holds a requeued job
-    for about two minutes, which is the scheduler's, not the run's, time. The release comes
-    in the second after the requeue at the earliest: slurmd refuses to launch a job whose
-    credential is not newer, to the second, than the kill that ended its last attempt ("Job
-    already killed, do not launch batch job"), and the job then fails with no result, which
-    submitit, without SLURM accounting, waits on for ever. The kill came before the job pended,
-    so from the next second on the new credential is newer. The release is sent again every
-    2 s until the job leaves PENDING, so one the scheduler does not act on costs seconds, not
-    the hold."""
+    for about two minutes, which is the scheduler's, not the run's, time. Not before the next
+    second: slurmd refuses a launch whose credential is not newer, to the second, than the kill
+    of the last attempt ("Job already killed"), and submitit, without accounting, then waits
+    for ever. The release is repeated every 2 s until the job leaves PENDING."""
     wait_for(lambda: "PENDING" in state(env, job), "requeue")
     time.sleep(1.05 - time.time() % 1)
 
