@@ -2,7 +2,8 @@
 
 It reads what runs leave behind (`.hydra/config.yaml`, `metrics.csv`, `summary.json`, the
 `.lock` of a live run, through `sweeper.lock`, which has no torch in it) and never imports the
-trainer, so any run, old or new, can be read.
+trainer, so any run, old or new, can be read. On request it also reads the runs an earlier
+report recorded (its `runs.csv` and `epochs.csv`), so reports made on several machines merge.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sweeper.lock import is_held
@@ -22,6 +24,9 @@ from sweeper.records import (
 from sweeper.rundir import ADDED, NOT_RESULTS, TARGET, load_config_file
 
 METRIC_COLUMNS = ["phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
+RUNS_CSV, EPOCHS_CSV = "runs.csv", "epochs.csv"  # what a report records of its runs
+# runs.csv: these columns, then every config key, then the results from RESULTS_START on.
+RUNS_CSV_HEAD, RESULTS_START = ["run", "task", "status", "seed"], "epochs_done"
 # Keys that name where or how a run ran, not what it measured: never a "setting".
 NOT_SETTINGS = {"device", "compile", "eval_batch_size", "data.root", "data.cache_dir", "task.name",
                 "resume", "checkpoint_every", "logger"}
@@ -112,9 +117,19 @@ def planned_epochs(config: dict[str, Any], summary: dict[str, Any]) -> Any:
     return config.get("task.finetune_epochs", config.get("epochs"))
 
 
-def collect(root: Path, exclude: set[Path] = frozenset()) -> Collection:
-    """Every run under `root` but those in `exclude` (resolved paths: a study's trials)."""
-    rows, epochs, problems, configs = [], [], [], {}
+@dataclass
+class _Found:
+    """One run as read, from its directory or from a report's record of it."""
+    name: str
+    config: dict[str, Any]
+    frame: pd.DataFrame
+    summary: dict[str, Any]
+    status: str
+    recorded: bool = False  # read from a report's CSVs
+
+
+def _run_dirs(root: Path, exclude: set[Path], problems: list[str]) -> list[_Found]:
+    found = []
     for run_dir in find_run_dirs(root):
         if run_dir.resolve() in exclude:
             continue
@@ -134,25 +149,106 @@ def collect(root: Path, exclude: set[Path] = frozenset()) -> Collection:
             continue
         if damage:
             problems.append(f"{name}: {damage}")
-        configs[name] = config
-        logged = frame.to_dict("records")
-        row = {
-            "run": name,
-            "task": summary.get("task") or config.get("task.name", "unknown"),
-            "status": _status(run_dir, summary, damage is not None),
-            "seed": config.get("seed", summary.get("seed", 0)),
-            **run_results(phase_results(logged), summary.get("result_phase")),
-            "result_phase": result_phase(frame["phase"].unique() if len(frame) else [],
-                                         summary.get("result_phase")),
-            "epochs_planned": planned_epochs(config, summary),
-            "wall_seconds": summary.get("wall_seconds", frame.get("epoch_seconds", pd.Series()).sum()),
-        }
-        rows.append(row)
-        if len(frame):
-            epochs.append(frame.assign(run=name))
-    for twin, kept in _twins(rows, configs).items():
+        found.append(_Found(name, config, frame, summary,
+                            _status(run_dir, summary, damage is not None)))
+    return found
+
+
+def find_report_dirs(root: Path) -> list[Path]:
+    """Folders holding an earlier report's runs.csv and epochs.csv, at any depth."""
+    found = {p.parent for p in root.rglob(RUNS_CSV) if (p.parent / EPOCHS_CSV).is_file()}
+    return sorted(d for d in found if not any(p.startswith(".") for p in d.relative_to(root).parts))
+
+
+def _cell(text: str) -> Any:
+    """A runs.csv cell as the config value it was written from: int, float, bool or text."""
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _recorded_runs(report_dir: Path, root: Path) -> list[_Found]:
+    """The runs a report recorded; raises ValueError naming what is wrong with its files."""
+    try:
+        runs = pd.read_csv(report_dir / RUNS_CSV, dtype=str, keep_default_na=False)
+        epochs = pd.read_csv(report_dir / EPOCHS_CSV, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{RUNS_CSV} or {EPOCHS_CSV} is unreadable ({err})") from None
+    columns = list(runs.columns)
+    if columns[:4] != RUNS_CSV_HEAD or RESULTS_START not in columns or "run" not in epochs:
+        raise ValueError(f"{RUNS_CSV} and {EPOCHS_CSV} are not a report's "
+                         f"({RUNS_CSV} starts {', '.join(columns[:4])})")
+    keys = columns[4:columns.index(RESULTS_START)]
+    logged = list(epochs.columns[:list(epochs.columns).index("run")])
+    if not set(METRIC_COLUMNS) <= set(logged):
+        raise ValueError(f"{EPOCHS_CSV} lacks {', '.join(sorted(set(METRIC_COLUMNS) - set(logged)))}")
+    prefix = report_dir.relative_to(root)
+    found = []
+    for record in runs.to_dict("records"):
+        config = {k: _cell(record[k]) for k in keys if record[k] != ""}  # "": the run had no such key
+        config["seed"] = _cell(record["seed"])
+        frame = epochs.loc[epochs["run"] == record["run"], logged].replace("", np.nan)
+        numbers = [c for c in logged if c != "phase"]
+        try:
+            frame[numbers] = frame[numbers].apply(pd.to_numeric)
+        except ValueError as err:
+            raise ValueError(f"{EPOCHS_CSV} has a value that is not a number ({err})") from None
+        frame = (frame.dropna(axis=1, how="all").reset_index(drop=True)  # other runs' columns
+                 if len(frame) else pd.DataFrame(columns=METRIC_COLUMNS))
+        summary = {"task": record["task"], **{k: _cell(record[k]) for k in
+                                              ("epochs_planned", "wall_seconds") if record[k]}}
+        found.append(_Found(str(prefix / record["run"]), config, frame, summary, record["status"],
+                            recorded=True))
+    return found
+
+
+def collect(root: Path, exclude: set[Path] = frozenset(), reports: bool = False) -> Collection:
+    """Every run under `root` but those in `exclude` (resolved paths: a study's trials; the
+    report's own folder). With `reports`, also the runs recorded by the reports under `root`."""
+    problems: list[str] = []
+    found = _run_dirs(root, exclude, problems)
+    for report_dir in find_report_dirs(root) if reports else []:
+        if report_dir.resolve() in exclude:
+            continue
+        try:
+            found += _recorded_runs(report_dir, root)
+        except ValueError as err:
+            problems.append(f"{report_dir.relative_to(root)}: {err}; skipped")
+    rows, epochs, configs, series = [], [], {}, {}
+    for run in found:
+        if run.name in configs:
+            problems.append(f"{run.name}: named twice (a run folder and a report's record); "
+                            f"counted once")
+            continue
+        configs[run.name] = run.config
+        logged = run.frame.to_dict("records")
+        series[run.name] = (run.recorded, tuple(run.frame["test_acc"]))
+        rows.append({
+            "run": run.name,
+            "task": run.summary.get("task") or run.config.get("task.name", "unknown"),
+            "status": run.status,
+            "seed": run.config.get("seed", run.summary.get("seed", 0)),
+            **run_results(phase_results(logged), run.summary.get("result_phase")),
+            "result_phase": result_phase(run.frame["phase"].unique() if len(run.frame) else [],
+                                         run.summary.get("result_phase")),
+            "epochs_planned": planned_epochs(run.config, run.summary),
+            "wall_seconds": run.summary.get("wall_seconds",
+                                            run.frame.get("epoch_seconds", pd.Series()).sum()),
+        })
+        if len(run.frame):
+            epochs.append(run.frame.assign(run=run.name))
+    twins, kept_both = _twins(rows, configs, series)
+    for twin, kept in twins.items():
         problems.append(f"{twin}: the same config and seed as {kept}: counted once, as {kept}")
         del configs[twin]
+    problems += [f"{run}: the same config and seed as {other}, other epochs (a run made "
+                 f"elsewhere, e.g. another device or precision): both counted"
+                 for run, other in kept_both]
     rows = [r for r in rows if r["run"] in configs]
     epochs = [e for e in epochs if e["run"].iloc[0] in configs]
     settings = _varying(configs)
@@ -188,19 +284,33 @@ def typed_column(values: list[Any]) -> pd.Series:
     return pd.Series([None if v is None else str(v) for v in values], dtype="category")
 
 
-def _twins(rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """Runs that repeat another's resolved config and seed (the same command run under
-    outputs/runs and outputs/multirun): twin -> the run kept, the furthest along."""
+def _twins(rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]],
+           series: dict[str, tuple[bool, tuple[float, ...]]],
+           ) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Runs that repeat another's resolved config and seed: twin -> the run kept, the furthest
+    along (a run folder before a report's record of it). Two run folders are twins (the same command run under outputs/runs and
+    outputs/multirun); a report's record is a twin only when its test accuracies are those of
+    the other run so far (the same run, recorded again). Also returns the pairs of config and
+    seed kept twice: the same settings measured elsewhere."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         config = {k: v for k, v in configs[row["run"]].items() if k not in NOT_RESULTS}
         groups.setdefault(json.dumps(config, sort_keys=True, default=str), []).append(row)
-    twins = {}
+    twins, kept_both = {}, []
     for group in groups.values():
-        kept, *rest = sorted(group, key=lambda r: (-(r.get("epochs_done") or 0),
-                                                   r["status"] != Status.COMPLETE, r["run"]))
-        twins.update((r["run"], kept["run"]) for r in rest)
-    return twins
+        kept: list[str] = []
+        for row in sorted(group, key=lambda r: (-(r.get("epochs_done") or 0),
+                                                 r["status"] != Status.COMPLETE,
+                                                 series[r["run"]][0], r["run"])):
+            recorded, accs = series[row["run"]]
+            same = next((k for k in kept if not (recorded or series[k][0])
+                         or series[k][1][:len(accs)] == accs), None)
+            if same is not None:
+                twins[row["run"]] = same
+            else:
+                kept_both += [(row["run"], kept[0])] if kept else []
+                kept.append(row["run"])
+    return twins, kept_both
 
 
 def _varying(configs: dict[str, dict[str, Any]]) -> list[str]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from analysis import insight, plots, study
-from analysis.collect import Collection, collect
+from analysis.collect import EPOCHS_CSV, RUNS_CSV, Collection, collect
 from analysis.tables import Table, build_tables, label, markdown, write_runs_csv
 from sweeper.errors import StorageError, SweeperError
 from sweeper.records import CONFIG_DIR, METRICS_FILE, Status
@@ -33,20 +33,22 @@ class ReportError(SweeperError):
     """Nothing to report, or nowhere safe to write it: the message is the one line shown."""
 
 
-def build(root: Path, out: Path, reference: str | None = None) -> list[str]:
+def build(root: Path, out: Path, reference: str | None = None, reports: bool = False) -> list[str]:
     """Write the report into `out`, replacing only what an earlier report wrote there; returns
-    problem lines. Raises ReportError before writing anything when it cannot, StorageError
-    when the disk refuses (what was in `out` stays as it was)."""
+    problem lines. With `reports`, the runs recorded by earlier reports under `root` (but `out`)
+    count too. Raises ReportError before writing anything when it cannot, StorageError when the
+    disk refuses (what was in `out` stays as it was)."""
     try:
-        return _build(root, out, reference)
+        return _build(root, out, reference, reports)
     except OSError as err:  # read-only, under a file, disk full
         raise StorageError(f"cannot write the report to {out}: {err.strerror or err}"
                            f"{f' ({err.filename})' if err.filename else ''}") from None
 
 
-def _build(root: Path, out: Path, reference: str | None) -> list[str]:
+def _build(root: Path, out: Path, reference: str | None, reports: bool) -> list[str]:
     studies, unreadable = study.find(root)
-    col = collect(root, exclude=set().union(*(s.run_dirs() for s in studies)))
+    col = collect(root, exclude=set().union(*(s.run_dirs() for s in studies), {out.resolve()}),
+                  reports=reports)
     col.problems += unreadable
     if col.runs.empty and not studies:
         raise ReportError(f"no runs with a usable metrics.csv under {root}"
@@ -207,8 +209,8 @@ def _write(root: Path, col: Collection, tables: list[Table], studies: list[study
     sections = [_section(table, col, root, staging, reference) for table in tables]
     sections += [_study_section(found, root, staging) for found in studies]
     if not col.runs.empty:
-        write_runs_csv(col, staging / "runs.csv")
-        col.epochs.to_csv(staging / "epochs.csv", index=False)
+        write_runs_csv(col, staging / RUNS_CSV)
+        col.epochs.to_csv(staging / EPOCHS_CSV, index=False)
         times = plots.run_times(col.runs, col.settings, staging / "run_times.png").name
         sections.append(Section("Time per run", "", images=[(times, "")]))
     boards = sum((root / r / TENSORBOARD).is_dir() for r in col.runs.get("run", []))
@@ -299,17 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where to write (default: ROOT/report)")
     parser.add_argument("--reference", choices=REFERENCES,
                         help="overlay a reference's numbers (seed: the assignment report's)")
+    parser.add_argument("--reports", action="store_true",
+                        help="also count the runs that earlier reports under ROOT recorded in "
+                             "their runs.csv and epochs.csv (not --out's): merges reports made "
+                             "on several machines")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         return ReportError(f"{args.root} is not a directory of runs").show()
     out = (args.out or args.root / "report").resolve()
     try:
-        problems = build(args.root, out, args.reference)
+        problems = build(args.root, out, args.reference, args.reports)
     except SweeperError as err:  # the report's one place where an error becomes a line
         return err.show()
     for problem in problems:
         print(f"skipped: {problem}")
-    written = [n for n in ("report.md", "index.html", "runs.csv", "epochs.csv") if (out / n).exists()]
+    written = [n for n in ("report.md", "index.html", RUNS_CSV, EPOCHS_CSV) if (out / n).exists()]
     print(f"report written to {out} ({', '.join(written)}, PNG plots)")
     return 0
 

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import t as student_t, ttest_ind
 
-from analysis.collect import Collection
+from analysis.collect import RESULTS_START, RUNS_CSV_HEAD, Collection
 from sweeper.records import PART_A, PRETEXT_TASKS, Status
 from sweeper.reference import vit_curve
 
@@ -305,6 +305,6 @@ def write_runs_csv(col: Collection, path: Path) -> None:
         if column in runs:
             runs[column] = runs[column].mask(unfinished)
     keys = [k for k in dict.fromkeys(k for c in col.configs.values() for k in c) if k != "seed"]
-    columns = ["run", "task", "status", "seed", *keys, "epochs_done", "epochs_planned",
+    columns = [*RUNS_CSV_HEAD, *keys, RESULTS_START, "epochs_planned",
                *FINAL_COLUMNS, "last_test_acc", "wall_seconds"]
     runs.reindex(columns=columns).to_csv(path, index=False)

@@ -1,6 +1,7 @@
 """analysis.report on fake output trees, and once end to end on two tiny real runs."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -365,3 +366,87 @@ def test_a_tensorboard_folder_the_report_did_not_make_is_left_alone(tmp_path):
     proc = report(tmp_path / "runs", "--out", str(tmp_path / "out"))
     assert proc.returncode == 0 and "was not made by a report" in proc.stdout
     assert sorted(p.name for p in mine.parent.iterdir()) == ["my_notes.txt"]
+
+
+def _two_machines(tmp_path):
+    """Runs of one grid made on two machines, each reported where it ran."""
+    from analysis.report import build
+
+    for machine, heads in (("a", 4), ("b", 8)):
+        for seed, accs in enumerate([[0.5, 0.6, 0.70], [0.5, 0.61, 0.73]]):
+            fake_run(tmp_path / machine, f"runs/heads-{heads}+seed-{seed}",
+                     [a + 0.01 * (heads == 8) for a in accs], seed=seed, heads=heads)
+        build(tmp_path / machine, tmp_path / "merged" / f"report_{machine}")
+    return tmp_path / "merged"
+
+
+def _tables(root, **how):
+    return {t.title: (t.verdict, t.stats) for t in build_tables(collect(root, **how))}
+
+
+def test_reports_from_two_machines_merge_into_the_report_of_all_their_runs(tmp_path):
+    merged = _two_machines(tmp_path)
+    shutil.copytree(tmp_path / "a", tmp_path / "both" / "a")
+    shutil.copytree(tmp_path / "b", tmp_path / "both" / "b")
+    # The same tables, verdicts and typed columns as over the run folders themselves.
+    ours, theirs = _tables(merged, reports=True), _tables(tmp_path / "both")
+    assert list(ours) == list(theirs) == ["Attention heads"]
+    assert ours["Attention heads"][0] == theirs["Attention heads"][0]
+    assert "Welch's t-test over 2 and 2 seeds" in ours["Attention heads"][0]
+    pd.testing.assert_frame_equal(ours["Attention heads"][1], theirs["Attention heads"][1])
+    col = collect(merged, reports=True)
+    assert col.problems == [] and len(col.runs) == 4
+    assert list(col.runs["heads"]) == [4, 4, 8, 8] and str(col.runs["heads"].dtype) == "Int64"
+    assert str(col.runs["lr"].dtype) == "Float64" and str(col.runs["overlap"].dtype) == "category"
+    proc = report(merged, "--reports", "--out", str(tmp_path / "all"))
+    assert proc.returncode == 0, proc.stderr
+    assert len(pd.read_csv(tmp_path / "all" / "runs.csv")) == 4
+    assert "n=2" in (tmp_path / "all" / "report.md").read_text()
+    # Without --reports a report's files are not runs: a user's outputs/ holding reports
+    # counts only its runs.
+    assert collect(merged).runs.empty
+    assert report(merged).returncode == 2
+
+
+def test_a_run_recorded_twice_counts_once_and_the_out_folder_is_never_read(tmp_path):
+    from analysis.report import build
+
+    fake_run(tmp_path, "runs/seed-0", [0.5, 0.6, 0.7])
+    fake_run(tmp_path, "runs/seed-1", [0.5, 0.6], status="running", seed=1)
+    build(tmp_path, tmp_path / "old_report")  # recorded while seed 1 was at epoch 2
+    with open(tmp_path / "runs/seed-1/metrics.csv", "a") as f:
+        f.write("train,3,1.0,0.72,1.28,0.72,0.001,10,5000\n")
+    for _ in range(2):  # a second report must not count the first one's record
+        problems = build(tmp_path, tmp_path / "report", reports=True)
+        runs = pd.read_csv(tmp_path / "report" / "runs.csv")
+        assert sorted(runs["run"]) == ["runs/seed-0", "runs/seed-1"]
+        assert sorted(problems) == [
+            "old_report/runs/seed-0: the same config and seed as runs/seed-0: counted once, as runs/seed-0",
+            "old_report/runs/seed-1: the same config and seed as runs/seed-1: counted once, as runs/seed-1"]
+
+
+def test_the_same_settings_measured_on_two_machines_count_twice_and_say_so(tmp_path):
+    merged = _two_machines(tmp_path)
+    fake_run(tmp_path / "c", "runs/heads-4+seed-0", [0.5, 0.6, 0.66])  # fp32 elsewhere
+    from analysis.report import build
+
+    build(tmp_path / "c", merged / "report_c")
+    col = collect(merged, reports=True)
+    assert len(col.runs) == 5
+    assert col.problems == [
+        "report_c/runs/heads-4+seed-0: the same config and seed as report_a/runs/heads-4+seed-0, "
+        "other epochs (a run made elsewhere, e.g. another device or precision): both counted"]
+
+
+def test_a_damaged_report_is_skipped_with_one_line_and_the_others_still_count(tmp_path):
+    merged = _two_machines(tmp_path)
+    (merged / "report_b" / "runs.csv").write_bytes(b"\x00\xff garbage\n")
+    epochs = merged / "report_a" / "epochs.csv"
+    (merged / "copy").mkdir()
+    (merged / "copy" / "runs.csv").write_text((merged / "report_a" / "runs.csv").read_text())
+    (merged / "copy" / "epochs.csv").write_text(epochs.read_text().replace("0.61", "n/a", 1))
+    col = collect(merged, reports=True)
+    assert list(col.runs["run"]) == ["report_a/runs/heads-4+seed-0", "report_a/runs/heads-4+seed-1"]
+    assert len(col.problems) == 2 and all(p.endswith("; skipped") for p in col.problems)
+    assert col.problems[0].startswith("copy: epochs.csv has a value that is not a number")
+    assert col.problems[1].startswith("report_b: runs.csv or epochs.csv is unreadable")
