@@ -190,8 +190,11 @@ def _recorded_runs(report_dir: Path, root: Path) -> list[_Found]:
     prefix = report_dir.relative_to(root)
     found = []
     for record in runs.to_dict("records"):
-        config = {k: _cell(record[k]) for k in keys if record[k] != ""}  # "": the run had no such key
+        config = {**ADDED, **{k: _cell(record[k]) for k in keys if record[k] != ""}}  # "": no such key
         config["seed"] = _cell(record["seed"])
+        for key in VIT_SHAPE:  # as in _flat_config: reports of older runs
+            if f"model.{key}" in config:
+                config[key] = config.pop(f"model.{key}")
         frame = epochs.loc[epochs["run"] == record["run"], logged].replace("", np.nan)
         numbers = [c for c in logged if c != "phase"]
         try:

@@ -450,3 +450,12 @@ def test_a_damaged_report_is_skipped_with_one_line_and_the_others_still_count(tm
     assert len(col.problems) == 2 and all(p.endswith("; skipped") for p in col.problems)
     assert col.problems[0].startswith("copy: epochs.csv has a value that is not a number")
     assert col.problems[1].startswith("report_b: runs.csv or epochs.csv is unreadable")
+
+
+def test_an_older_reports_record_reads_as_its_run_would_today(tmp_path):
+    merged = _two_machines(tmp_path)
+    runs = pd.read_csv(merged / "report_a" / "runs.csv")
+    runs.drop(columns=["schedule", "augment"]).to_csv(merged / "report_a" / "runs.csv", index=False)
+    col = collect(merged, reports=True)  # keys added since: the value those runs trained with
+    assert set(col.runs["schedule"]) == {"cosine"} and set(col.runs["augment"]) == {"crop_flip"}
+    assert col.settings == ["heads"]
