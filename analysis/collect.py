@@ -62,7 +62,13 @@ def _flat_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / CONFIG_DIR / CONFIG_FILE
     if not path.exists():
         raise ValueError("no .hydra/config.yaml, so its settings are unknown")
-    config = {**ADDED, **load_config_file(path)}  # keys added since: older runs trained at their neutral value
+    return _as_today(load_config_file(path))
+
+
+def _as_today(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored flat config in today's keys: keys added since at the neutral value older runs
+    trained with; the ViT's shape, which older runs kept under model.*, at the top level."""
+    config = {**ADDED, **config}
     for key in VIT_SHAPE:
         if f"model.{key}" in config:
             config[key] = config.pop(f"model.{key}")
@@ -190,11 +196,8 @@ def _recorded_runs(report_dir: Path, root: Path) -> list[_Found]:
     prefix = report_dir.relative_to(root)
     found = []
     for record in runs.to_dict("records"):
-        config = {**ADDED, **{k: _cell(record[k]) for k in keys if record[k] != ""}}  # "": no such key
+        config = _as_today({k: _cell(record[k]) for k in keys if record[k] != ""})  # "": no such key
         config["seed"] = _cell(record["seed"])
-        for key in VIT_SHAPE:  # as in _flat_config: reports of older runs
-            if f"model.{key}" in config:
-                config[key] = config.pop(f"model.{key}")
         frame = epochs.loc[epochs["run"] == record["run"], logged].replace("", np.nan)
         numbers = [c for c in logged if c != "phase"]
         try:
@@ -260,8 +263,8 @@ def collect(root: Path, exclude: set[Path] = frozenset(), reports: bool = False)
         keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c)
                 if k not in runs.columns]
         typed = {k: typed_column([configs[r].get(k) for r in runs["run"]]) for k in keys}
-        results = runs.drop(columns=["run", "task", "status", "seed"])
-        runs = pd.concat([runs[["run", "task", "status", "seed"]],
+        results = runs.drop(columns=RUNS_CSV_HEAD)
+        runs = pd.concat([runs[RUNS_CSV_HEAD],
                           pd.DataFrame(typed, index=runs.index), results], axis=1)
     epoch_frame = pd.concat(epochs, ignore_index=True) if epochs else pd.DataFrame()
     if len(epoch_frame):
@@ -291,10 +294,10 @@ def _twins(rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]],
            series: dict[str, tuple[bool, tuple[float, ...]]],
            ) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """Runs that repeat another's resolved config and seed: twin -> the run kept, the furthest
-    along (a run folder before a report's record of it). Two run folders are twins (the same command run under outputs/runs and
-    outputs/multirun); a report's record is a twin only when its test accuracies are those of
-    the other run so far (the same run, recorded again). Also returns the pairs of config and
-    seed kept twice: the same settings measured elsewhere."""
+    along (a run folder before a report's record of it). Two run folders are twins (the same
+    command run under outputs/runs and outputs/multirun); a report's record is a twin only when
+    its test accuracies are those of the other run so far (the same run, recorded again). Also
+    returns the pairs of config and seed kept twice: the same settings measured elsewhere."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         config = {k: v for k, v in configs[row["run"]].items() if k not in NOT_RESULTS}
