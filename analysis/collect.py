@@ -198,6 +198,7 @@ def _recorded_runs(report_dir: Path, root: Path) -> list[_Found]:
     for record in runs.to_dict("records"):
         config = _as_today({k: _cell(record[k]) for k in keys if record[k] != ""})  # "": no such key
         config["seed"] = _cell(record["seed"])
+        config.setdefault("task.name", record["task"])  # older reports kept only varying keys
         frame = epochs.loc[epochs["run"] == record["run"], logged].replace("", np.nan)
         numbers = [c for c in logged if c != "phase"]
         try:
@@ -218,11 +219,14 @@ def collect(root: Path, exclude: set[Path] = frozenset(), reports: bool = False)
     report's own folder). With `reports`, also the runs recorded by the reports under `root`."""
     problems: list[str] = []
     found = _run_dirs(root, exclude, problems)
+    recorded: dict[str, list[str]] = {}  # report -> the runs it recorded
     for report_dir in find_report_dirs(root) if reports else []:
         if report_dir.resolve() in exclude:
             continue
         try:
-            found += _recorded_runs(report_dir, root)
+            records = _recorded_runs(report_dir, root)
+            found += records
+            recorded[str(report_dir.relative_to(root))] = [r.name for r in records]
         except ValueError as err:
             problems.append(f"{report_dir.relative_to(root)}: {err}; skipped")
     rows, epochs, configs, series = [], [], {}, {}
@@ -258,6 +262,7 @@ def collect(root: Path, exclude: set[Path] = frozenset(), reports: bool = False)
     rows = [r for r in rows if r["run"] in configs]
     epochs = [e for e in epochs if e["run"].iloc[0] in configs]
     settings = _varying(configs)
+    problems += _unrecorded(recorded, configs, {r["run"]: r["task"] for r in rows}, settings)
     runs = pd.DataFrame(rows)
     if len(runs):
         keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c)
@@ -271,6 +276,27 @@ def collect(root: Path, exclude: set[Path] = frozenset(), reports: bool = False)
         joined = ["task", "status", "seed", *settings]
         epoch_frame = epoch_frame.merge(runs[["run", *joined]], on="run")
     return Collection(runs, epoch_frame, settings, configs, problems)
+
+
+def _unrecorded(recorded: dict[str, list[str]], configs: dict[str, dict[str, Any]],
+                tasks: dict[str, str], settings: list[str]) -> list[str]:
+    """A line per report lacking settings that every other run of the same task has: an older
+    report recorded only the keys that varied within it, so its runs are grouped without them."""
+    lines = []
+    for report, names in recorded.items():
+        kept = [n for n in names if n in configs]
+        missing = []
+        for key in settings:
+            for task in {tasks[n] for n in kept if key not in configs[n]}:
+                others = [c for r, c in configs.items() if tasks[r] == task and r not in names]
+                if others and all(key in c for c in others):
+                    missing.append(key)
+                    break
+        if missing:
+            lines.append(f"{report}: does not record {', '.join(missing)} (an older report kept "
+                         f"only the settings that varied within it): its runs are grouped "
+                         f"without them")
+    return lines
 
 
 def typed_column(values: list[Any]) -> pd.Series:

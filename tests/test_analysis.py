@@ -459,3 +459,37 @@ def test_an_older_reports_record_reads_as_its_run_would_today(tmp_path):
     col = collect(merged, reports=True)  # keys added since: the value those runs trained with
     assert set(col.runs["schedule"]) == {"cosine"} and set(col.runs["augment"]) == {"crop_flip"}
     assert col.settings == ["heads"]
+
+
+def test_part_a_runs_merged_from_a_report_keep_their_variants(tmp_path):
+    from analysis.report import build
+
+    for seed in (0, 1):
+        kw = dict(seed=seed, model__name="resnet18")
+        fake_run(tmp_path / "a", f"runs/rot-{seed}", [0.5, 0.65 + seed / 100],
+                 task__name="rotation_pretrain", **kw)
+        fake_run(tmp_path / "a", f"runs/probe-{seed}", [0.3, 0.42 + seed / 100],
+                 task__name="finetune", task__freeze_encoder=True, **kw)
+        fake_run(tmp_path / "a", f"runs/scratch-{seed}", [0.3, 0.60 + seed / 100],
+                 task__name="scratch", **kw)
+    build(tmp_path / "a", tmp_path / "merged" / "report_a")
+    # Older reports listed only the keys that varied: no task.name, and the task column says it.
+    runs_csv = tmp_path / "merged" / "report_a" / "runs.csv"
+    pd.read_csv(runs_csv).drop(columns=["task.name"]).to_csv(runs_csv, index=False)
+    title = "Part A: rotation pre-training vs baselines"
+    ours, theirs = _tables(tmp_path / "merged", reports=True)[title], _tables(tmp_path / "a")[title]
+    assert list(ours[1]["label"]) == list(theirs[1]["label"]) == [
+        "variant=rotation pre-training, fine-tuned", "variant=from scratch on B",
+        "variant=saved encoder, linear probe"]
+    pd.testing.assert_frame_equal(ours[1], theirs[1])
+
+
+def test_a_report_that_did_not_record_a_setting_says_so(tmp_path):
+    merged = _two_machines(tmp_path)
+    runs = pd.read_csv(merged / "report_a" / "runs.csv")
+    runs.drop(columns=["lr"]).to_csv(merged / "report_a" / "runs.csv", index=False)
+    col = collect(merged, reports=True)
+    assert col.problems == [
+        "report_a: does not record lr (an older report kept only the settings that varied "
+        "within it): its runs are grouped without them"]
+    assert col.runs.set_index("run")["lr"].isna().tolist() == [True, True, False, False]
