@@ -29,10 +29,12 @@ def test_speed_prints_every_measurement_and_the_pipeline_ratio():
     out = bench("speed", "--batch-size", "4", "--steps", "1", "--windows", "1",
                 "--pipeline-steps", "2", "--workers", "0").stdout
     rows = [line for line in out.splitlines() if line.startswith("| ") and "measurement" not in line]
-    assert len(rows) == 14
+    assert len(rows) == 16
     attention = [r for r in rows if r.startswith("| attention written out")]
     assert [r.split("|")[1].split(", ")[-2:] for r in attention] == [
-        ["4 heads", "fp32 "], ["4 heads", "bf16 "], ["12 heads", "fp32 "], ["12 heads", "bf16 "]]
+        ["4 heads", "fp32 "], ["4 heads", "bf16 "], ["12 heads", "fp32 "], ["12 heads", "bf16 "],
+        ["4 heads", "fp32 "], ["4 heads", "bf16 "]]
+    assert "overlap half" in attention[-1]
     assert all(r.split("|")[4].strip().endswith("x") for r in attention)
     assert "the model takes SDPA here" in attention[0] and "takes written-out here" in attention[1]
     assert sum("overlap none: train step" in r for r in rows) == 3
