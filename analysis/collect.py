@@ -280,18 +280,21 @@ def collect(root: Path, exclude: set[Path] = frozenset(), reports: bool = False)
 
 def _unrecorded(recorded: dict[str, list[str]], configs: dict[str, dict[str, Any]],
                 tasks: dict[str, str], settings: list[str]) -> list[str]:
-    """A line per report lacking settings that every other run of the same task has: an older
-    report recorded only the keys that varied within it, so its runs are grouped without them."""
+    """A line per report lacking settings that every other run of the same task (and model, where
+    the record names it) has: an older report recorded only the keys that varied within it, so
+    its runs are grouped without them."""
     lines = []
     for report, names in recorded.items():
-        kept = [n for n in names if n in configs]
-        missing = []
-        for key in settings:
-            for task in {tasks[n] for n in kept if key not in configs[n]}:
-                others = [c for r, c in configs.items() if tasks[r] == task and r not in names]
-                if others and all(key in c for c in others):
-                    missing.append(key)
-                    break
+        common: dict[tuple[str, Any], set[str]] = {}  # keys every outside run of a kind has
+        for run in set(configs) - set(names):
+            config = configs[run]
+            for kind in ((tasks[run], None), (tasks[run], config.get("model.name"))):
+                common[kind] = common[kind] & set(config) if kind in common else set(config)
+        lacking: set[str] = set()
+        for run in (n for n in names if n in configs):
+            config = configs[run]
+            lacking |= common.get((tasks[run], config.get("model.name")), set()) - set(config)
+        missing = [k for k in settings if k in lacking]
         if missing:
             lines.append(f"{report}: does not record {', '.join(missing)} (an older report kept "
                          f"only the settings that varied within it): its runs are grouped "

@@ -493,3 +493,7 @@ def test_a_report_that_did_not_record_a_setting_says_so(tmp_path):
         "report_a: does not record lr (an older report kept only the settings that varied "
         "within it): its runs are grouped without them"]
     assert col.runs.set_index("run")["lr"].isna().tolist() == [True, True, False, False]
+    # Keys only another model has (a ResNet's stem) are not the report's to record.
+    shutil.rmtree(merged / "report_b")
+    fake_run(merged, "runs/resnet", [0.5, 0.6], model__name="resnet18", model__stem="cifar")
+    assert collect(merged, reports=True).problems == []
