@@ -11,7 +11,8 @@
         VisionTransformer of the identical shape, and the tutorial input pipeline (torchvision
         dataset of PIL images, RandomCrop + flip + ToTensor + Normalize, DataLoader workers);
         and the ViT's two attention paths (written out, scaled_dot_product_attention) against
-        each other at patch 4, 4 and 12 heads, in fp32 and bf16, whatever --precision says.
+        each other at patch 4 (4 and 12 heads) and at patch 4 with half overlap (226 tokens,
+        4 heads), in fp32 and bf16, whatever --precision says.
 
     python -m sweeper.bench sweep [--runs N] [--jobs J] [--out DIR] [OVERRIDES...]
         the same N runs (seed=0..N-1 of the overrides' experiment) as a sweep, twice: one run at
