@@ -137,9 +137,9 @@ def written_out_attention(x: torch.Tensor) -> bool:
     written out, whose matmuls take oneDNN's AMX/AVX512-BF16 kernels; PyTorch's CPU flash kernel
     is slower in bf16 than in fp32 (1.8x slower than the written-out form with 4 heads, 3.0x with
     12, at patch 4 on a 2-core Xeon with AMX; 1.5x at patch 4 with half overlap, 226 tokens:
-    `python -m sweeper.bench speed` measures both).
-    Everywhere else, scaled_dot_product_attention: flash kernels on CUDA, at par or ahead in CPU fp32.
-    `Attention.path` fixes one path instead, for that benchmark."""
+    `python -m sweeper.bench speed` measures both). Everywhere else, scaled_dot_product_attention:
+    flash kernels on CUDA, at par or ahead in CPU fp32. `Attention.path` fixes one path instead,
+    for that benchmark."""
     return (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
