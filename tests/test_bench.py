@@ -3,8 +3,10 @@
 import json
 import subprocess
 import sys
-from helpers.commands import ROOT, TINY
 
+from helpers.commands import ROOT, TINY
+from sweeper import train
+from sweeper.bench import main
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
@@ -25,9 +27,13 @@ def test_accuracy_prints_the_reports_figure_at_each_epoch(tmp_path):
     assert summary["status"] == "stopped" and summary["epochs_done"] == 2  # of 25, schedule kept
 
 
+TINY_SPEED = ["--batch-size", "4", "--steps", "1", "--windows", "1", "--pipeline-steps", "2",
+              "--workers", "0"]
+
+
 def test_speed_prints_every_measurement_and_the_pipeline_ratio():
-    out = bench("speed", "--batch-size", "4", "--steps", "1", "--windows", "1",
-                "--pipeline-steps", "2", "--workers", "0").stdout
+    # bf16 forced: its attention rows are measured on any CPU, emulated where it has no bf16 units.
+    out = bench("speed", "--precision", "bf16", *TINY_SPEED).stdout
     rows = [line for line in out.splitlines() if line.startswith("| ") and "measurement" not in line]
     assert len(rows) == 16
     attention = [r for r in rows if r.startswith("| attention written out")]
@@ -41,6 +47,17 @@ def test_speed_prints_every_measurement_and_the_pipeline_ratio():
     assert sum("ResNet-18" in r for r in rows) == 2
     pipeline = next(r for r in rows if r.startswith("| input pipeline"))
     assert pipeline.split("|")[4].strip().endswith("x")  # ours / reference, measured
+
+
+def test_speed_measures_attention_in_fp32_only_where_bf16_would_be_emulated(monkeypatch, capsys):
+    monkeypatch.setattr(train, "native_bf16", lambda device: False)
+    assert main(["speed", "--device", "cpu", *TINY_SPEED]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split(" | ")[1] == "fp32"
+    assert "attention paths in bf16: not measured: this cpu has no bf16 units" in out
+    attention = [line.split("|")[1] for line in out.splitlines() if line.startswith("| attention")]
+    assert [row.split(", ")[-1].strip() for row in attention] == ["fp32"] * 3
+    assert "overlap half" in attention[-1]
 
 
 def test_sweep_runs_the_same_runs_both_ways_and_prints_them_side_by_side(tmp_path):
