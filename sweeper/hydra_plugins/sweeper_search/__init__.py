@@ -63,7 +63,7 @@ class OptunaSweeper(Sweeper):
 
         try:
             try:
-                importlib.import_module("sweeper.search")  # Optuna and scipy come with it
+                importlib.import_module("sweeper.search")  # Optuna comes with it
             except ImportError as err:
                 raise SearchError(f"hydra/sweeper=optuna needs Optuna ({err}): "
                                   f"pip install -e \".[search]\"") from None
