@@ -32,7 +32,8 @@ def _closure(requirements: list[str]) -> set[str]:
 
 
 def _module_level_imports(path) -> set[str]:
-    """Top-level names of the modules a file imports when it is loaded (not inside functions)."""
+    """Top-level names of the modules a file imports when it is loaded: the statements of its
+    body; imports in functions, `if TYPE_CHECKING:` and `try:` fallbacks are not load-time needs."""
     names = set()
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Import):
