@@ -1,17 +1,20 @@
 """`python -m sweeper ...`: Hydra composes the config, `validate` checks it, `run` does the rest."""
 
 import math
+import os
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
-from hydra.errors import CompactHydraException
+from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from hydra_plugins.sweeper_search import OptunaSweeper
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from sweeper.config import register_configs, unused_keys, unused_message, validate
+from sweeper.config import composition_error, register_configs, unused_keys, unused_message, validate
 from sweeper.errors import ConfigError, SweeperError
 from sweeper import stop
 from sweeper.help import options_help
@@ -38,7 +41,7 @@ def main(cfg: DictConfig) -> float:
         discard(run_dir)
         return math.nan
     try:
-        overrides = list(hydra_cfg.overrides.task)
+        overrides = OmegaConf.to_container(hydra_cfg.overrides.task)  # as typed: ${...} unresolved
         settings = validate(cfg)
         unused = unused_keys(settings, override_keys(overrides))
         if unused and hydra_cfg.mode == RunMode.RUN:  # a sweep's keys are checked by preflight
@@ -68,4 +71,14 @@ def trial_judge(hydra_cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    main()
+    wants_trace = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises its errors here, rather than printing
+    try:                                   # them in several lines and exiting 1 itself
+        main()
+    except JobFailed as err:
+        print(err, file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    except (HydraException, OmegaConfBaseException) as err:  # the overrides do not compose
+        if wants_trace:
+            raise
+        raise SystemExit(composition_error(err).show()) from None

@@ -37,7 +37,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from sweeper.config import Settings, register_configs, validate
+from sweeper.config import Settings, composition_error, register_configs, validate
 from sweeper.data.batches import MEAN, STD, Batches
 from sweeper.errors import ConfigError, SweeperError
 from sweeper.models import Classifier
@@ -76,7 +76,7 @@ def accuracy(args: argparse.Namespace) -> int:
     try:
         cfg = compose_config(args.overrides)
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(str(err).strip().splitlines()[0]) from None
+        raise composition_error(err) from None
     s = validate(cfg)
     run_dir = Path(args.out) / f"accuracy-{run_name(args.overrides)}-k{args.epochs}"
     if run_dir.exists():  # a benchmark starts fresh; the old run is kept beside it

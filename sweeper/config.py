@@ -8,13 +8,18 @@ and raises `ConfigError` with one line naming the value and what is allowed, bef
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
+                              OmegaConfBaseException, ValidationError)
 
 from sweeper.errors import ConfigError, not_allowed
 from sweeper.options import GROUPS, DataOption, ModelOption, TaskOption, option
@@ -118,7 +123,10 @@ def _check_numbers(node: Any, prefix: str = "") -> None:
 
 def validate(cfg: DictConfig) -> Settings:
     """Check the composed config and return typed settings, or raise ConfigError."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:  # an override's ${...} that names nothing
+        raise composition_error(err) from None
     _check_numbers(plain)
     unknown = [k for k in plain if k not in GROUPS and k not in Settings.__dataclass_fields__
                and k not in VIT_SHAPE]
@@ -173,6 +181,43 @@ def validate(cfg: DictConfig) -> Settings:
 
     top = {k: v for k, v in plain.items() if k not in GROUPS and k not in VIT_SHAPE}
     return Settings(model=model, task=task, data=data, **top)
+
+
+TYPE_NAMES = {"Integer": "an integer", "Float": "a number", "bool": "true or false"}
+
+
+def composition_error(err: Exception) -> ConfigError:
+    """Hydra's and OmegaConf's refusal of a command's overrides (several lines, and for an
+    unknown key the advice to add it with +) as one line: the value and what is allowed."""
+    cause = err.__cause__ or err
+    if isinstance(err, MissingConfigException) and err.options:
+        group, _, name = err.missing_cfg_file.rpartition("/")
+        return not_allowed(group, name, "one of " + ", ".join(err.options))
+    if isinstance(err, OverrideParseException):
+        return ConfigError(f"cannot read the override {err.override!r}: "
+                           f"{err.message.splitlines()[0]} (the grammar: "
+                           f"https://hydra.cc/docs/advanced/override_grammar/basic/)")
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.parent_node is not None:
+        parent = cause.parent_node
+        keys = [k for k in parent if k not in ("_target_", "name", "hydra")]
+        close = difflib.get_close_matches(str(cause.key), keys, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        group = parent._get_full_key(None)
+        if group:
+            return ConfigError(f"{cause.full_key} is not a key of {group}={parent.get('name')}"
+                               f"{hint}: its keys are {', '.join(keys) or 'none'}")
+        return ConfigError(f"{cause.full_key} is not a key of this config{hint}: see "
+                           f"`python -m sweeper --help` for the keys and groups")
+    if isinstance(cause, ValidationError) and cause.full_key:
+        wanted = re.search(r"converted to (\w+)|not a valid (\w+)", str(cause.msg))
+        name = wanted and (wanted.group(1) or wanted.group(2))
+        allowed = TYPE_NAMES.get(name, name) if name else str(cause.msg)
+        return not_allowed(cause.full_key, cause.value, allowed.splitlines()[0])
+    lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+    reason = lines[0] if lines else type(cause).__name__
+    if isinstance(cause, InterpolationResolutionError):  # an override's ${...}
+        return ConfigError(f"cannot resolve the config: {reason}")
+    return ConfigError(reason)
 
 
 def unused_keys(s: Settings, keys: Iterable[str]) -> list[str]:

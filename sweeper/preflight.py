@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeper import stop
-from sweeper.config import unused_keys, validate
+from sweeper.config import composition_error, unused_keys, validate
 from sweeper.errors import ConfigError, StorageError, SweeperError
 from sweeper.rundir import override_keys
 
@@ -71,8 +71,7 @@ def invalid_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[list[str], 
             mine = set(unused_keys(last, override_keys(job)))
             unused = mine if unused is None else unused & mine
         except (HydraException, OmegaConfBaseException) as err:  # the job does not compose
-            reason = " ".join(str(err).split("\n")[:3:2]).strip()
-            bad.append(f"[{' '.join(o for o in job if o not in shared)}]: {reason}")
+            bad.append(f"[{' '.join(o for o in job if o not in shared)}]: {composition_error(err)}")
         except ConfigError as err:
             bad.append(f"[{' '.join(o for o in job if o not in shared)}]: {err}")
     return bad, sorted(unused or [])
@@ -106,12 +105,16 @@ class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_writable(Path(OmegaConf.select(config, "hydra.run.dir")))
+        except OmegaConfBaseException as err:  # the run's name resolves an override's ${...}
+            raise SystemExit(composition_error(err).show()) from None
         except SweeperError as err:
             raise SystemExit(err.show()) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_sweep(config)
+        except OmegaConfBaseException as err:  # the sweep's folder resolves an override's ${...}
+            raise SystemExit(composition_error(err).show()) from None
         except SweeperError as err:
             raise SystemExit(err.show()) from None
         if stop.in_workers(config.hydra.launcher):

@@ -107,13 +107,6 @@ def test_bad_input_is_one_clear_line_and_no_output(tmp_path, tiny, override, mes
     assert not run_dir.exists()
 
 
-def test_unknown_key_and_option_fail_while_composing(tiny):
-    proc = sweeper(*tiny, "model.dimm=3")
-    assert proc.returncode != 0 and "dimm" in proc.stderr
-    proc = sweeper(*tiny, "model=vitt")
-    assert proc.returncode != 0 and "Could not find 'model/vitt'" in proc.stderr
-
-
 @pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_precision_selects_the_autocast_dtype(precision, dtype):
     layer = torch.nn.Linear(4, 4)

@@ -304,6 +304,37 @@ def test_unknown_keys_and_out_of_range_integers_are_one_line(tmp_path, override,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("override,message", [
+    (["epoch=3"], "epoch is not a key of this config (did you mean epochs?)"),
+    (["model.dimm=3"], "model.dimm is not a key of model=vit (did you mean dim?): its keys are dim, depth"),
+    (["model=resnet18", "model.dim=120"], "model.dim is not a key of model=resnet18: its keys are stem"),
+    (["patch=abc"], "patch='abc' is not allowed: an integer"),
+    (["lr=fast"], "lr='fast' is not allowed: a number"),
+    (["compile=maybe"], "compile='maybe' is not allowed: true or false"),
+    (["model=vitt"], "model='vitt' is not allowed: one of resnet18, timm, torchvision, vit"),
+    (["hydra/launcher=nope"], "hydra/launcher='nope' is not allowed: one of basic, joblib"),
+    (["model.dim=[1,2"], "cannot read the override 'model.dim=[1,2'"),
+    (["lr=${nope}"], "cannot resolve the config: Interpolation key 'nope' not found"),
+])
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_overrides_hydra_refuses_are_one_line_not_its_advice(tmp_path, override, message, mode):
+    """Hydra's own errors (several lines, "To append to your config use +...") become one line
+    naming the value and what is allowed; a sweep with one launches and writes nothing."""
+    tiny = [a for a in TINY if not a.startswith("model.")] if "model=resnet18" in override else TINY
+    where = [f"hydra.run.dir={tmp_path / 'out'}"] if mode == "run" else [
+        "seed=0,1", f"hydra.sweep.dir={tmp_path / 'out'}", "-m"]
+    proc = sweeper(*tiny, *override, *where, cwd=tmp_path)
+    one_line_error(proc, 2, message)
+    assert "+" not in proc.stderr.replace("python -m", "")  # no advice to add a misspelt key
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hydra_full_error_still_shows_hydras_trace(tmp_path):
+    proc = sweeper(*TINY, "epoch=3", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigCompositionException" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_run_names_are_capped_readable_and_distinct():
     long = [f"+cell{i}={'x' * 40}" for i in range(10)]
     name = run_name(long)
@@ -320,7 +351,7 @@ def test_bench_accuracy_bad_input_is_one_line(tmp_path):
 
     one_line_error(bench("--epochs", "0"), 2, "'0' is not allowed: a positive integer")
     one_line_error(bench("--out", str(tmp_path), "patch=5", *TINY), 2, "patch=5 is not allowed")
-    one_line_error(bench("--out", str(tmp_path), "model=vitt"), 2, "model/vitt")
+    one_line_error(bench("--out", str(tmp_path), "model=vitt"), 2, "model='vitt' is not allowed: one of")
 
 
 # ---- misleading ----------------------------------------------------------------------------
