@@ -215,6 +215,11 @@ def composition_error(err: Exception) -> ConfigError:
         return not_allowed(cause.full_key, cause.value, allowed.splitlines()[0])
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     reason = lines[0] if lines else type(cause).__name__
+    no_default = re.match(r"Could not override '(.+)'\. No match in the defaults list", reason)
+    if no_default:  # a group the config does not choose by default, such as experiment/
+        group = no_default.group(1)
+        return ConfigError(f"{group} has no default to override: choose one with +{group}=NAME "
+                           f"(`python -m sweeper --help` lists the options)")
     if isinstance(cause, InterpolationResolutionError):  # an override's ${...}
         return ConfigError(f"cannot resolve the config: {reason}")
     return ConfigError(reason)
