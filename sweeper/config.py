@@ -202,7 +202,7 @@ def composition_error(err: Exception) -> ConfigError:
         keys = [k for k in parent if k not in ("_target_", "name", "hydra")]
         close = difflib.get_close_matches(str(cause.key), keys, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        group = parent._get_full_key(None)
+        group = cause.full_key.rpartition(".")[0]
         if group:
             return ConfigError(f"{cause.full_key} is not a key of {group}={parent.get('name')}"
                                f"{hint}: its keys are {', '.join(keys) or 'none'}")
