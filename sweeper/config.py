@@ -215,6 +215,10 @@ def composition_error(err: Exception) -> ConfigError:
         return not_allowed(cause.full_key, cause.value, allowed.splitlines()[0])
     lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
     reason = lines[0] if lines else type(cause).__name__
+    sweep = re.match(r"Ambiguous value for argument '(.+)'", reason)
+    if sweep:  # the commonest slip: a sweep typed without -m
+        return ConfigError(f"{sweep.group(1)} is a sweep: add -m to run one job per value "
+                           f"(a list value is written [a,b])")
     no_default = re.match(r"Could not override '(.+)'\. No match in the defaults list", reason)
     if no_default:  # a group the config does not choose by default, such as experiment/
         group = no_default.group(1)

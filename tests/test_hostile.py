@@ -331,6 +331,12 @@ def test_overrides_hydra_refuses_are_one_line_not_its_advice(tmp_path, override,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sweep_typed_without_m_says_to_add_it(tmp_path):
+    proc = sweeper(*TINY, "patch=8,16", cwd=tmp_path)
+    one_line_error(proc, 2, "patch=8,16 is a sweep: add -m to run one job per value")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_hydra_full_error_still_shows_hydras_trace(tmp_path):
     proc = sweeper(*TINY, "epoch=3", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "ConfigCompositionException" in proc.stderr
