@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.plugins import Plugins
 from hydra.errors import CompactHydraException, HydraException
@@ -78,7 +79,7 @@ if __name__ == "__main__":
     except JobFailed as err:
         print(err, file=sys.stderr, flush=True)
         raise SystemExit(1) from None
-    except (HydraException, OmegaConfBaseException) as err:  # the overrides do not compose
+    except (HydraException, OmegaConfBaseException, yaml.YAMLError) as err:  # it does not compose
         if wants_trace:
             raise
         raise SystemExit(composition_error(err).show()) from None

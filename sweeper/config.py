@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -138,6 +139,10 @@ def validate(cfg: DictConfig) -> Settings:
             raise not_allowed(key, plain[key], "a number in [0, 1]")
     if not 0 <= plain["drop_path"] < 1:
         raise not_allowed("drop_path", plain["drop_path"], "a number in [0, 1)")
+    for group in GROUPS:
+        if not isinstance(plain.get(group) or {}, dict):
+            raise ConfigError(f"{group} is {plain[group]!r}, not an option: an option's YAML is a "
+                              f"mapping of its keys (name, _target_, ...)")
     model, data, task = (option(group, dict(plain.get(group) or {}), plain)
                          for group in ("model", "data", "task"))
 
@@ -190,6 +195,10 @@ def composition_error(err: Exception) -> ConfigError:
     """Hydra's and OmegaConf's refusal of a command's overrides (several lines, and for an
     unknown key the advice to add it with +) as one line: the value and what is allowed."""
     cause = err.__cause__ or err
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return ConfigError(f"{mark.name} is not valid YAML: {err.problem} (line {mark.line + 1}, "
+                           f"column {mark.column + 1})")
     if isinstance(err, MissingConfigException) and err.options:
         group, _, name = err.missing_cfg_file.rpartition("/")
         return not_allowed(group, name, "one of " + ", ".join(err.options))

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
@@ -70,7 +71,7 @@ def invalid_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[list[str], 
             last = validate(job_cfg)
             mine = set(unused_keys(last, override_keys(job)))
             unused = mine if unused is None else unused & mine
-        except (HydraException, OmegaConfBaseException) as err:  # the job does not compose
+        except (HydraException, OmegaConfBaseException, yaml.YAMLError) as err:  # it does not compose
             bad.append(f"[{' '.join(o for o in job if o not in shared)}]: {composition_error(err)}")
         except ConfigError as err:
             bad.append(f"[{' '.join(o for o in job if o not in shared)}]: {err}")
