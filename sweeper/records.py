@@ -28,6 +28,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 STUDY_CSV, STUDY_JSON = "study.csv", "study.json"  # a search's folder
 VIT_SHAPE = ("patch", "heads", "overlap", "cls_layer")  # the top-level keys model=vit reads
 SUMMARY_FILE = "summary.json"
+TENSORBOARD_DIR = "tensorboard"  # the event files of logger=tensorboard
 COLUMNS = [
     "phase", "epoch", "train_loss", "train_acc", "test_loss", "test_acc",
     "lr", "epoch_seconds", "images_per_s",
@@ -273,7 +274,7 @@ class Board:
             from torch.utils.tensorboard import SummaryWriter
 
             self.step = len(read_rows(self.run_dir))  # `row` is appended already
-            self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"),
+            self.writer = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR),
                                         purge_step=self.step)
         else:
             self.step += 1

@@ -21,12 +21,19 @@ from sweeper.lock import LOCK_FILE, run_lock
 from sweeper.records import CONFIG_DIR, FINISHED, Status, discard
 from sweeper.rundir import ConfigFileError, config_changes, store_config, stored_config
 from sweeper.tasks import Phase
+from sweeper.tasks.rotation import ENCODER_FILE
 from sweeper.train import (
     Judge, Outcome, Preemption, Trainer, compiled_graphs, configure_backends, precision_warning,
     resolve_precision,
 )
 
 IGNORABLE = (*VIT_SHAPE, "pretrain_epochs")  # keys some runs do not use
+PREVIOUS_DIR = ".previous"  # resume=false keeps a run's earlier files here
+# Every name a run writes in its directory, and the stems of the files it sets aside.
+RUN_FILES = {CONFIG_DIR, LOCK_FILE, PREVIOUS_DIR, records.METRICS_FILE, records.SUMMARY_FILE,
+             records.CHECKPOINT_FILE, records.TENSORBOARD_DIR, insight.INSIGHT_FILE,
+             insight.PER_CLASS_FILE, insight.CONFUSION_FILE, insight.ROTATION_CONFUSION_FILE,
+             ENCODER_FILE}
 
 
 def run(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
@@ -69,6 +76,11 @@ def execute(s: Settings, run_dir: Path, cfg: Optional[DictConfig] = None,
         if held_by:
             print(f"run dir: {run_dir} | {held_by}: skipped", flush=True)
             return read_summary(run_dir)
+        foreign = foreign_files(run_dir)
+        if foreign:
+            raise ConfigError(f"{run_dir} holds files no run wrote ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}): a run starts only in a new "
+                              f"or empty directory, or its own; name another one")
         if not s.resume:
             move_aside(run_dir)
         if cfg is not None:
@@ -173,12 +185,27 @@ def _train(s: Settings, device: torch.device, run_dir: Path, previous: dict[str,
     return summary
 
 
+def foreign_files(run_dir: Path) -> list[str]:
+    """What a directory that is not yet a run's (no stored config) holds beyond a run's own
+    files: a run pointed at a folder of the user's (`hydra.run.dir=.`) must not write, append
+    to a metrics.csv of theirs, or move their files aside with resume=false."""
+    if (run_dir / CONFIG_DIR / records.CONFIG_FILE).exists():
+        return []
+    return sorted(p.name for p in run_dir.iterdir() if not _runs_own(p.name))
+
+
+def _runs_own(name: str) -> bool:
+    """NAME, NAME.corrupt-<time>, .lock.stale-<pid>, .NAME.<pid>.tmp: a run's file or one it set aside."""
+    return any(name == f or name.startswith(f"{f}.") for f in RUN_FILES) or (
+        name.startswith(".") and name.endswith(".tmp"))
+
+
 def move_aside(run_dir: Path) -> None:
     """`resume=false`: the run's earlier files (its config too) go to .previous/<time>/."""
-    keep = {LOCK_FILE, ".previous"}
+    keep = {LOCK_FILE, PREVIOUS_DIR}
     old = [p for p in run_dir.iterdir() if p.name not in keep]
     if old:
-        aside = run_dir / ".previous" / time.strftime("%Y%m%d-%H%M%S")
+        aside = run_dir / PREVIOUS_DIR / time.strftime("%Y%m%d-%H%M%S")
         aside.mkdir(parents=True, exist_ok=True)
         for path in old:
             os.replace(path, aside / path.name)

@@ -55,6 +55,29 @@ def test_report_never_deletes_what_it_did_not_write(tmp_path):
     assert len(collect(runs).runs) == 2  # no run was touched
 
 
+@pytest.mark.parametrize("resume", ["true", "false"])
+def test_a_run_never_writes_into_or_moves_a_folder_of_the_users(tmp_path, resume):
+    mine = tmp_path / "thesis"
+    (mine / ".git").mkdir(parents=True)
+    (mine / "notes.txt").write_text("my notes")
+    (mine / "metrics.csv").write_text("my,own\n1,2\n")
+    before = sorted((p.relative_to(mine), p.read_bytes() if p.is_file() else b"") for p in mine.rglob("*"))
+    one_line_error(sweeper(*TINY, f"hydra.run.dir={mine}", f"resume={resume}"), 2,
+                   f"{mine} holds files no run wrote (.git, notes.txt): a run starts only in a new or empty")
+    assert sorted((p.relative_to(mine), p.read_bytes() if p.is_file() else b"") for p in mine.rglob("*")) == before
+
+
+def test_a_run_starts_in_an_empty_folder_and_keeps_a_note_added_to_its_own(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ok(sweeper(*TINY, f"hydra.run.dir={run_dir}"))
+    (run_dir / "note.txt").write_text("lr looked high")
+    again = ok(sweeper(*TINY, f"hydra.run.dir={run_dir}", "resume=false"))
+    assert "Epoch: 1" in again.stdout and summary(run_dir)["status"] == "complete"
+    (kept,) = (run_dir / ".previous").iterdir()
+    assert (kept / "note.txt").read_text() == "lr looked high"
+
+
 # ---- code execution from data --------------------------------------------------------------
 
 class _Exploit:
