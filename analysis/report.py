@@ -8,7 +8,6 @@ with one line, when there is nothing to report or the output folder is not the r
 
 from __future__ import annotations
 
-import argparse
 import html
 import os
 import re
@@ -21,7 +20,7 @@ from pathlib import Path
 from analysis import insight, plots, study
 from analysis.collect import EPOCHS_CSV, RUNS_CSV, Collection, collect
 from analysis.tables import Table, build_tables, label, markdown, write_runs_csv
-from sweeper.errors import StorageError, SweeperError
+from sweeper.errors import OneLineParser, StorageError, SweeperError
 from sweeper.records import CONFIG_DIR, METRICS_FILE, Status
 
 REFERENCES = ("seed",)  # the assignment report's numbers, shipped in sweeper/reference/
@@ -50,11 +49,11 @@ def _build(root: Path, out: Path, reference: str | None, reports: bool) -> list[
     col = collect(root, exclude=set().union(*(s.run_dirs() for s in studies), {out.resolve()}),
                   reports=reports)
     col.problems += unreadable
+    ours = _previous_files(out)  # first: a run directory given as --out is named as such
     if col.runs.empty and not studies:
         raise ReportError(f"no runs with a usable metrics.csv under {root}"
                           + (f" ({len(col.problems)} skipped)" if col.problems else ""))
     out.parent.mkdir(parents=True, exist_ok=True)
-    ours = _previous_files(out)
     tables = build_tables(col, reference is not None) if not col.runs.empty else []
     staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out.parent))
     try:
@@ -296,7 +295,7 @@ def _md_table_to_html(md: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__)
+    parser = OneLineParser(prog="python -m analysis.report", description=__doc__)
     parser.add_argument("root", type=Path, help="a directory of runs, e.g. outputs/")
     parser.add_argument("--out", type=Path, help="where to write (default: ROOT/report)")
     parser.add_argument("--reference", choices=REFERENCES,

@@ -39,7 +39,7 @@ from torch import nn
 
 from sweeper.config import Settings, composition_error, register_configs, validate
 from sweeper.data.batches import MEAN, STD, Batches
-from sweeper.errors import ConfigError, SweeperError
+from sweeper.errors import ConfigError, OneLineParser, SweeperError
 from sweeper.models import Classifier
 from sweeper.models.vit import Attention, ViT, ViTConfig, written_out_attention
 from sweeper.records import METRICS_FILE
@@ -302,13 +302,6 @@ def speed(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Parser(argparse.ArgumentParser):
-    """Bad arguments: one line and exit code 2, as everywhere else in the project."""
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see python -m sweeper.bench --help)\n")
-
-
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -352,9 +345,9 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _Parser(prog="python -m sweeper.bench", description=__doc__,
+    parser = OneLineParser(prog="python -m sweeper.bench", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     acc = sub.add_parser("accuracy", help="test accuracy per epoch beside the report's")
     acc.add_argument("--epochs", type=_positive, default=2, help="epochs to run (schedule unchanged)")
     acc.add_argument("--out", default="outputs/bench", help="where the run directory goes")

@@ -7,6 +7,7 @@ check, the search sweeper, `python -m analysis.report`, `python -m sweeper.bench
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 
@@ -67,3 +68,10 @@ class Preempted(SweeperError):
     @property
     def line(self) -> str:
         return str(self)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad command-line arguments: one line and exit code 2, as every other refused value."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")

@@ -385,6 +385,22 @@ def test_bench_accuracy_bad_input_is_one_line(tmp_path):
     one_line_error(bench("--out", str(tmp_path), "model=vitt"), 2, "model='vitt' is not allowed: one of")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--reference", "nope"], "argument --reference: invalid choice: 'nope' (choose from 'seed')"),
+    (["--bogus"], "unrecognized arguments: --bogus (see python -m analysis.report --help)"),
+    (["--out"], "argument --out: expected one argument"),
+])
+def test_report_bad_arguments_are_one_line(tmp_path, args, message):
+    fake_run(tmp_path, "run", [0.4, 0.5])
+    one_line_error(report(tmp_path, *args), 2, message)
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_run_directory_given_as_the_reports_folder_is_named_as_such(tmp_path):
+    run = fake_run(tmp_path, "run", [0.4, 0.5])
+    one_line_error(report(run, "--out", str(run)), 2, f"--out {run} is a run directory")
+
+
 # ---- misleading ----------------------------------------------------------------------------
 
 def test_decode_errors_name_the_file_and_the_member(tmp_path):
