@@ -4,11 +4,15 @@ no wrong number is tabled, one bad job does not stop a sweep, and every error is
 import json
 import os
 import pickle
+import re
 import socket
+import struct
 import subprocess
 import sys
 import tarfile
 import time
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -412,6 +416,27 @@ def test_decode_errors_name_the_file_and_the_member(tmp_path):
         tar.add(tree, arcname="cifar")
     with pytest.raises(DataError, match=r"t.tar.gz:cifar/train/ant/bad.png cannot be decoded"):
         sources.folder(tmp_path / "t.tar.gz", tmp_path / "cache")
+
+
+def _png_header(side: int) -> bytes:
+    """A 60-byte PNG that claims side x side pixels: what a decompression bomb looks like."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side, message", [
+    (12000, "huge.png: images must be 32x32, found 12000x12000"),  # 432 MB if it were decoded
+    (100000, "huge.png cannot be decoded: Image size (10000000000 pixels) exceeds limit"),
+])
+def test_an_image_claiming_a_huge_size_is_refused_from_its_header(tmp_path, side, message):
+    tree = make_tree(tmp_path / "tree")
+    (tree / "train" / "ant" / "huge.png").write_bytes(_png_header(side))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning: nothing is decoded
+        with pytest.raises(DataError, match=re.escape(message)):
+            sources.folder(tree, tmp_path / "cache")
 
 
 def test_a_folder_and_its_tarball_give_the_same_order_whatever_the_member_order(tmp_path):

@@ -13,6 +13,7 @@ import io
 import pickle
 import sys
 import tarfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -346,15 +347,17 @@ def _assemble(files: dict[str, list[Found]], where: str) -> ImageSet:
 def _decode(blob: bytes, name: str) -> torch.Tensor:
     """One image file's pixels; errors name the file (a path, or archive:member)."""
     try:
-        with Image.open(io.BytesIO(blob)) as img:
-            image = torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+        with warnings.catch_warnings():
+            # a wrong size is refused from the header alone, so no large image is ever decoded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(blob)) as img:
+                if img.size != (IMAGE_SIZE, IMAGE_SIZE):
+                    raise DataError(f"{name}: images must be {IMAGE_SIZE}x{IMAGE_SIZE}, "
+                                    f"found {img.size[0]}x{img.size[1]}")
+                return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as err:
         reason = "not an image" if isinstance(err, UnidentifiedImageError) else str(err)
         raise DataError(f"{name} cannot be decoded: {reason}") from None
-    if image.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise DataError(f"{name}: images must be {IMAGE_SIZE}x{IMAGE_SIZE}, "
-                        f"found {image.shape[2]}x{image.shape[1]}")
-    return image
 
 
 def _check(images: ImageSet, where: str) -> None:
