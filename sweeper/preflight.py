@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sweeper import stop
 from sweeper.config import composition_error, unused_keys, validate
-from sweeper.errors import ConfigError, StorageError, SweeperError
+from sweeper.errors import ConfigError, StorageError, SweeperError, not_allowed
 from sweeper.rundir import override_keys
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -87,6 +87,8 @@ def check_sweep(config: DictConfig) -> None:
         raise ConfigError(f"hydra.sweeper._target_={OFFICIAL_OPTUNA} is Hydra's own Optuna "
                           f"sweeper; this project's takes the same keys: drop the _target_ line "
                           f"(hydra/sweeper=optuna sets hydra_plugins.sweeper_search.OptunaSweeper)")
+    if config.hydra.launcher.get("n_jobs") == 0:  # joblib would fail with a traceback
+        raise not_allowed("hydra.launcher.n_jobs", 0, "1 or more runs at once (-1: one per CPU core)")
     check_writable(Path(OmegaConf.select(config, "hydra.sweep.dir")))
     if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
         return  # another sweeper picks its jobs as it goes: each job validates itself

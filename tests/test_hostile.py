@@ -187,6 +187,13 @@ def test_invalid_jobs_are_all_named_before_any_job_starts(tmp_path):
     assert run_dirs(tmp_path) == [] and "Epoch" not in proc.stdout
 
 
+def test_a_launcher_told_to_run_no_jobs_at_once_is_one_line(tmp_path):
+    proc = sweeper(*TINY, "patch=8,16", "hydra/launcher=joblib", "hydra.launcher.n_jobs=0",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", "-m")
+    one_line_error(proc, 2, "hydra.launcher.n_jobs=0 is not allowed: 1 or more runs at once")
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_a_job_failing_at_run_time_does_not_stop_the_sweep(tmp_path):
     tiny = [a for a in TINY if not a.startswith("data.n_train")]
     proc = sweeper(*tiny, "data.n_train=60", "task=scratch", "model=vit", "data.b_fraction=0.01,0.5",
