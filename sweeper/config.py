@@ -212,9 +212,13 @@ def composition_error(err: Exception) -> ConfigError:
         close = difflib.get_close_matches(str(cause.key), keys, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         group = cause.full_key.rpartition(".")[0]
-        if group:
+        if group and parent.get("name"):  # a group's option: its schema has no such key
             return ConfigError(f"{cause.full_key} is not a key of {group}={parent.get('name')}"
                                f"{hint}: its keys are {', '.join(keys) or 'none'}")
+        if group:  # a mapping open to new keys, such as hydra.sweeper.params
+            return ConfigError(f"{cause.full_key} is not a key of {group}{hint}: "
+                               + (f"its keys are {', '.join(keys)}" if keys else
+                                  f"it is empty; add the key with +{cause.full_key}=..."))
         return ConfigError(f"{cause.full_key} is not a key of this config{hint}: see "
                            f"`python -m sweeper --help` for the keys and groups")
     if isinstance(cause, ValidationError) and cause.full_key:
