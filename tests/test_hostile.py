@@ -65,10 +65,14 @@ def test_a_run_never_writes_into_or_moves_a_folder_of_the_users(tmp_path, resume
     (mine / ".git").mkdir(parents=True)
     (mine / "notes.txt").write_text("my notes")
     (mine / "metrics.csv").write_text("my,own\n1,2\n")
-    before = sorted((p.relative_to(mine), p.read_bytes() if p.is_file() else b"") for p in mine.rglob("*"))
+    def contents():
+        return sorted((p.relative_to(mine), p.read_bytes() if p.is_file() else b"")
+                      for p in mine.rglob("*"))
+
+    before = contents()
     one_line_error(sweeper(*TINY, f"hydra.run.dir={mine}", f"resume={resume}"), 2,
                    f"{mine} holds files no run wrote (.git, notes.txt): a run starts only in a new or empty")
-    assert sorted((p.relative_to(mine), p.read_bytes() if p.is_file() else b"") for p in mine.rglob("*")) == before
+    assert contents() == before
 
 
 def test_a_run_starts_in_an_empty_folder_and_keeps_a_note_added_to_its_own(tmp_path):
