@@ -29,7 +29,7 @@ RUNS_CSV, EPOCHS_CSV = "runs.csv", "epochs.csv"  # what a report records of its 
 RUNS_CSV_HEAD, RESULTS_START = ["run", "task", "status", "seed"], "epochs_done"
 # Keys that name where or how a run ran, not what it measured: never a "setting".
 NOT_SETTINGS = {"device", "compile", "eval_batch_size", "data.root", "data.cache_dir", "task.name",
-                "resume", "checkpoint_every", "logger"}
+                "resume", "checkpoint_every", "logger", "tta"}  # tta adds columns, changes none
 
 
 # metrics.csv's `lr` is the learning rate of an epoch's last step; in the frames it is named so,

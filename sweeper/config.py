@@ -31,6 +31,7 @@ IMAGE_SIZE = 32  # CIFAR-10; the synthetic and folder sources are checked agains
 
 SCHEDULES = ("cosine", "linear")
 AUGMENTS = ("none", "flip", "crop_flip", "strong")
+TTAS = ("none", "flip")
 
 
 @dataclass
@@ -46,6 +47,7 @@ class Config:
     pretrain_epochs: int = 50
     batch_size: int = 256
     eval_batch_size: int = 1000
+    tta: str = "none"  # none | flip: also log the test set's figures with mirrored copies averaged in
     lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
@@ -78,6 +80,7 @@ class Settings:
     pretrain_epochs: int
     batch_size: int
     eval_batch_size: int
+    tta: str
     lr: float
     weight_decay: float
     warmup_epochs: float
@@ -164,6 +167,8 @@ def validate(cfg: DictConfig) -> Settings:
         raise not_allowed("label_smoothing", plain["label_smoothing"], "a number in [0, 1)")
     if plain["schedule"] not in SCHEDULES:
         raise not_allowed("schedule", plain["schedule"], " or ".join(SCHEDULES))
+    if plain["tta"] not in TTAS:
+        raise not_allowed("tta", plain["tta"], " or ".join(TTAS))
     if plain["augment"] not in AUGMENTS:
         raise not_allowed("augment", plain["augment"], ", ".join(AUGMENTS))
     for key in ("grad_clip", "mixup_alpha", "cutmix_alpha"):

@@ -34,11 +34,15 @@ COLUMNS = [
     "lr", "epoch_seconds", "images_per_s",
 ]
 VAL_COLUMNS = ["val_loss", "val_acc"]  # only in runs with a validation split (data.val_size)
+TTA_COLUMNS = ["tta_test_loss", "tta_test_acc"]  # only in runs with tta=flip
 
 
 def columns(rows: Iterable[dict[str, Any]]) -> list[str]:
-    """metrics.csv's header for these rows: the validation columns when they hold values."""
-    return COLUMNS + VAL_COLUMNS if any("val_acc" in r for r in rows) else COLUMNS
+    """metrics.csv's header for these rows: the validation and TTA columns when they hold values
+    (a rotation run's pretext rows have no TTA figures: their cells stay empty)."""
+    rows = list(rows)
+    return (COLUMNS + (VAL_COLUMNS if any("val_acc" in r for r in rows) else [])
+            + (TTA_COLUMNS if any("tta_test_acc" in r for r in rows) else []))
 
 
 class Status(str, Enum):
@@ -112,6 +116,9 @@ def phase_results(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             vals = [float(r["val_acc"]) for r in mine]
             out[name].update(final_val_acc=vals[-1], best_val_acc=_best(max, vals),
                              final_val_loss=float(mine[-1]["val_loss"]))
+        if "tta_test_acc" in mine[-1]:
+            tta = [float(r["tta_test_acc"]) for r in mine]
+            out[name].update(final_tta_test_acc=tta[-1], best_tta_test_acc=_best(max, tta))
     return out
 
 
@@ -194,7 +201,7 @@ def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], Optional[RunFileE
 
 def _parse(lines: list[str]) -> tuple[list[dict[str, Any]], Optional[RunFileError]]:
     header = next(csv.reader(lines[:1]))
-    known = set(COLUMNS + VAL_COLUMNS)
+    known = set(COLUMNS + VAL_COLUMNS + TTA_COLUMNS)
     if header[: len(REQUIRED)] != REQUIRED or len(set(header)) < len(header) or not known >= set(header):
         return [], RunFileError(f"{METRICS_FILE} line 1: not its header ({','.join(header)[:80]})")
     rows: list[dict[str, Any]] = []
@@ -278,7 +285,7 @@ class Board:
                                         purge_step=self.step)
         else:
             self.step += 1
-        for key in COLUMNS[2:] + VAL_COLUMNS:
+        for key in COLUMNS[2:] + VAL_COLUMNS + TTA_COLUMNS:
             if key in row:
                 self.writer.add_scalar(f"{row['phase']}/{key}", row[key], self.step)
         self.writer.flush()
@@ -296,8 +303,8 @@ class Board:
         self.writer.close()
 
 
-HPARAM_METRICS = ("final_test_acc", "best_test_acc", "final_test_loss", "final_val_acc",
-                  "final_val_loss", "rotation_test_acc", "wall_seconds")
+HPARAM_METRICS = ("final_test_acc", "best_test_acc", "final_tta_test_acc", "final_test_loss",
+                  "final_val_acc", "final_val_loss", "rotation_test_acc", "wall_seconds")
 
 
 def console_line(row: dict[str, Any]) -> str:
@@ -308,6 +315,7 @@ def console_line(row: dict[str, Any]) -> str:
         f"train acc: {row['train_acc']:.4f} | test loss: {row['test_loss']:.4f} | "
         f"test acc: {row['test_acc']:.4f}"
         + (f" | val acc: {row['val_acc']:.4f}" if "val_acc" in row else "")
+        + (f" | flip TTA test acc: {row['tta_test_acc']:.4f}" if "tta_test_acc" in row else "")
     )
 
 

@@ -118,6 +118,15 @@ class EpochResult:
     stopped: Optional[tuple[Position, EpochSums]] = None  # where a stop signal left it
 
 
+@dataclass
+class Evaluation:
+    loss: float
+    acc: float
+    confusion: torch.Tensor  # rows: true class, columns: predicted
+    tta_loss: Optional[float] = None  # with flip TTA: each image's logits averaged with its mirror's
+    tta_acc: Optional[float] = None
+
+
 def read_position(state: dict) -> tuple[Position, EpochSums]:
     """A checkpoint's `position` (cursor and sums in one flat dict, as `_save` writes it)."""
     found = state["position"]
@@ -315,12 +324,15 @@ class Trainer:
                                                   "step": result.stopped[0].step,
                                                   "signal": self.preemption.caught[-1]})
             row, bad_step = result.row, result.bad_step
-            row["test_loss"], row["test_acc"], confusion = self.evaluate(step_model, phase.test,
-                                                                         channels_last)
-            self.confusions[phase.name] = confusion
+            test = self.evaluate(step_model, phase.test, channels_last, s.tta == "flip",
+                                 phase.mirror_classes)
+            row["test_loss"], row["test_acc"] = test.loss, test.acc
+            if test.tta_acc is not None:
+                row["tta_test_loss"], row["tta_test_acc"] = test.tta_loss, test.tta_acc
+            self.confusions[phase.name] = test.confusion
             if phase.val is not None:
-                row["val_loss"], row["val_acc"], _ = self.evaluate(step_model, phase.val,
-                                                                   channels_last)
+                val = self.evaluate(step_model, phase.val, channels_last)
+                row["val_loss"], row["val_acc"] = val.loss, val.acc
             row["phase"] = phase.name
             records.append_row(self.run_dir, row)
             self.log(row)
@@ -379,12 +391,14 @@ class Trainer:
         return EpochResult(row, int(bad_step.item()))
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Any,
-                 channels_last: bool = False) -> tuple[float, float, torch.Tensor]:
+    def evaluate(self, model: nn.Module, batches: Any, channels_last: bool = False,
+                 tta: bool = False, mirror_classes: Optional[list[int]] = None) -> Evaluation:
         """Mean cross-entropy (no smoothing), accuracy, and the confusion matrix (rows: true
-        class, columns: predicted; counted on the device) over every test image."""
+        class, columns: predicted; counted on the device) over every image. With `tta`, also
+        the figures of each image's logits averaged with its mirror image's, whose class is
+        `mirror_classes[c]` for an image of class c (None: the same class)."""
         model.eval()
-        loss_sum = torch.zeros((), device=self.device)
+        sums = torch.zeros(4, device=self.device)  # loss, correct; the same with flip TTA
         counts: Optional[torch.Tensor] = None
         seen = 0
         for x, y in batches:
@@ -392,13 +406,24 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast:
                 logits = model(x).float()
+                both = logits
+                if tta:
+                    mirrored = model(x.flip(-1)).float()
+                    if mirror_classes is not None:
+                        mirrored = mirrored[:, mirror_classes]
+                    both = (logits + mirrored) / 2
             classes = logits.shape[1]
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
+                                 (logits.argmax(1) == y).sum(),
+                                 F.cross_entropy(both, y, reduction="sum"),
+                                 (both.argmax(1) == y).sum()])
             pairs = torch.bincount(y * classes + logits.argmax(1), minlength=classes * classes)
             counts = pairs if counts is None else counts + pairs
             seen += len(y)
-        confusion = counts.view(classes, classes).cpu()
-        return loss_sum.item() / seen, confusion.diagonal().sum().item() / seen, confusion
+        loss, acc, tta_loss, tta_acc = (total / seen for total in sums.tolist())  # the one sync
+        if not tta:
+            tta_loss = tta_acc = None
+        return Evaluation(loss, acc, counts.view(classes, classes).cpu(), tta_loss, tta_acc)
 
     def _save(self, at: Position, sums: EpochSums, model: nn.Module,
               optimizer: torch.optim.Optimizer) -> None:

@@ -19,7 +19,7 @@ def settings(task, **data) -> Settings:
     return Settings(
         model=ViTConfig(dim=24, depth=1, heads=4, patch=8), task=task,
         data=SyntheticData(n_train=100, n_test=20, **data), epochs=1, pretrain_epochs=1, batch_size=16,
-        eval_batch_size=50, lr=1e-3, weight_decay=0.05, warmup_epochs=0, label_smoothing=0.0,
+        eval_batch_size=50, tta="none", lr=1e-3, weight_decay=0.05, warmup_epochs=0, label_smoothing=0.0,
         schedule="cosine", grad_clip=0.0, augment="crop_flip", erasing=0.0, mixup_alpha=0.0,
         cutmix_alpha=0.0, mix_until=1.0, drop_path=0.0, seed=0, device="cpu", precision="fp32", compile=False, resume=True, checkpoint_every=0,
         logger="csv",

@@ -37,6 +37,8 @@ class Phase:
     epochs: int
     val: Optional[Iterable[Batch]] = None  # the held-out validation images, when there are some
     frozen: Optional[nn.Module] = None  # no gradients, eval mode, in this phase (linear probe)
+    # Flip TTA: the class of an image's mirror image, per class (None: its own class).
+    mirror_classes: Optional[list[int]] = None
     on_end: Optional[Callable[[Path], None]] = None  # called with the run dir when it completes
     meta: dict = field(default_factory=dict)  # extra summary fields, e.g. which encoder was loaded
 

@@ -75,6 +75,10 @@ class ScratchTask(TaskOption):
         return scratch_on_b(s, images)
 
 
+# The rotation a rotated image's mirror image shows: mirrored, k * 90 degrees is (4 - k) * 90.
+MIRRORED_ROTATION = [0, 3, 2, 1]
+
+
 def rotate4(x: torch.Tensor) -> Batch:
     """Every image in all four rotations; label k means rotated by k * 90 degrees."""
     rotated = torch.cat([torch.rot90(x, k, dims=(2, 3)) for k in range(ROTATIONS)])
@@ -125,6 +129,7 @@ def pretrain_then_finetune(s: Settings, images: ImageSet) -> list[Phase]:
         epochs=s.pretrain_epochs,
         val=None if images.x_val is None else Rotated(Batches(images.x_val, None, eval_batch)),
         on_end=lambda run_dir: save_encoder(encoder, s, run_dir / ENCODER_FILE),
+        mirror_classes=MIRRORED_ROTATION,
     )
     finetune = _on_b(s, images, b, encoder, "finetune", task.freeze_encoder)
     return [pretrain, finetune]

@@ -1,0 +1,79 @@
+"""Flip test-time augmentation (`tta=flip`): extra test figures from each image's logits averaged
+with its mirror image's, beside the plain ones, which stay exactly what they were."""
+
+import math
+
+import torch
+from torch import nn
+
+from helpers.commands import TINY, metrics, ok, scores, summary, sweeper
+from helpers.files import report
+from helpers.in_process import settings
+from sweeper.tasks.rotation import MIRRORED_ROTATION, rotate4
+from sweeper.train import Trainer
+
+
+def test_tta_adds_its_figures_and_changes_no_other(tmp_path):
+    plain, tta = tmp_path / "plain", tmp_path / "runs" / "tta"
+    ok(sweeper(*TINY, "epochs=2", f"hydra.run.dir={plain}"))
+    proc = ok(sweeper(*TINY, "epochs=2", "tta=flip", f"hydra.run.dir={tta}"))
+    assert scores(tta) == scores(plain)  # training and the plain test figures are untouched
+    rows = metrics(tta)
+    assert "tta_test_acc" not in metrics(plain)[0]
+    assert all(0 <= float(r["tta_test_acc"]) <= 1 and float(r["tta_test_loss"]) > 0 for r in rows)
+    assert summary(tta)["final_tta_test_acc"] == float(rows[-1]["tta_test_acc"])
+    assert f"flip TTA test acc: {float(rows[-1]['tta_test_acc']):.4f}" in proc.stdout
+    made = report(tmp_path / "runs")
+    assert made.returncode == 0, made.stderr
+    assert "final test acc, flip TTA" in (tmp_path / "runs" / "report" / "report.md").read_text()
+
+
+def test_a_rotation_run_gets_tta_figures_in_both_phases(tmp_path):
+    run = tmp_path / "run"
+    ok(sweeper("task=rotation_pretrain", "model=vit", *TINY, "pretrain_epochs=1", "tta=flip",
+               f"hydra.run.dir={run}"))
+    assert [(r["phase"], bool(r["tta_test_acc"])) for r in metrics(run)] == [
+        ("pretrain", True), ("finetune", True)]
+
+
+def test_a_mirrored_rotation_is_the_rotation_its_class_map_names():
+    x = torch.rand(3, 3, 8, 8)
+    rotated, labels = rotate4(x)
+    of_mirrored, _ = rotate4(x.flip(-1))
+    n = len(x)
+    for k in range(4):
+        assert torch.equal(rotated[labels == k].flip(-1),
+                           of_mirrored[MIRRORED_ROTATION[k] * n:(MIRRORED_ROTATION[k] + 1) * n])
+
+
+class LeftRight(nn.Module):
+    """Two logits, the mean of the left and of the right half: mirroring swaps them."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[..., :4].mean((1, 2, 3)), x[..., 4:].mean((1, 2, 3))], 1)
+
+
+def test_tta_averages_each_image_with_its_mirror_under_the_class_map(tmp_path):
+    trainer = Trainer(settings("precision=fp32"), torch.device("cpu"), tmp_path, log=print)
+    x = torch.randint(0, 256, (60, 3, 8, 8)).float()  # whole numbers: sums exact in any order
+    left, right = LeftRight()(x).unbind(1)
+    x = x[left != right][:40]
+    y = LeftRight()(x).argmax(1)
+    batches = [(x[:25], y[:25]), (x[25:], y[25:])]
+    plain = trainer.evaluate(LeftRight(), batches)
+    assert plain.acc == 1.0 and plain.tta_acc is None
+    # Mirroring swaps the logits: averaged with the same classes, both are equal (class 0 wins).
+    same = trainer.evaluate(LeftRight(), batches, tta=True)
+    assert (same.loss, same.acc) == (plain.loss, plain.acc)
+    assert same.tta_acc == (y == 0).sum().item() / len(y)
+    assert math.isclose(same.tta_loss, math.log(2), rel_tol=1e-6)
+    # Where mirroring also swaps the classes, the average is the plain logits again.
+    swapped = trainer.evaluate(LeftRight(), batches, tta=True, mirror_classes=[1, 0])
+    assert swapped.tta_acc == 1.0 and math.isclose(swapped.tta_loss, plain.loss, rel_tol=1e-6)
+
+
+def test_an_unknown_tta_is_one_line(tmp_path):
+    proc = sweeper(*TINY, "tta=five_crop", f"hydra.run.dir={tmp_path / 'run'}")
+    assert (proc.returncode, proc.stderr.strip()) == (
+        2, "error: tta='five_crop' is not allowed: none or flip")
+    assert not (tmp_path / "run").exists()
