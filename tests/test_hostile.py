@@ -266,9 +266,10 @@ def test_a_damaged_summary_is_listed(tmp_path):
 
 
 def test_non_finite_evaluation_is_divergence_and_json_stays_valid(tmp_path, monkeypatch):
-    from sweeper.train import Trainer
+    from sweeper.train import Evaluation, Trainer
 
-    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: (float("nan"), 0.1, torch.zeros(10, 10, dtype=torch.long)))
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: Evaluation(
+        float("nan"), 0.1, torch.zeros(10, 10, dtype=torch.long)))
     result = execute_in_process(tmp_path, [*TINY, "epochs=2"])
     assert result["status"] == "diverged" and result["detail"]["epoch"] == 1
     stored = json.loads((tmp_path / "run" / "summary.json").read_text())  # strict JSON
