@@ -23,9 +23,15 @@ def test_tta_adds_its_figures_and_changes_no_other(tmp_path):
     assert all(0 <= float(r["tta_test_acc"]) <= 1 and float(r["tta_test_loss"]) > 0 for r in rows)
     assert summary(tta)["final_tta_test_acc"] == float(rows[-1]["tta_test_acc"])
     assert f"flip TTA test acc: {float(rows[-1]['tta_test_acc']):.4f}" in proc.stdout
-    made = report(tmp_path / "runs")
+    made = report(tmp_path / "runs", "--out", str(tmp_path / "reports" / "one"))
     assert made.returncode == 0, made.stderr
-    assert "final test acc, flip TTA" in (tmp_path / "runs" / "report" / "report.md").read_text()
+    # The column, in a report of the run and in one made from that report's records.
+    merged = report(tmp_path / "reports", "--reports", "--out", str(tmp_path / "merged"))
+    assert merged.returncode == 0, merged.stderr
+    figure = f"{100 * float(rows[-1]['tta_test_acc']):.2f} % (n=1)"
+    for folder in ("reports/one", "merged"):
+        text = (tmp_path / folder / "report.md").read_text()
+        assert "| final test acc, flip TTA |" in text and figure in text
 
 
 def test_a_rotation_run_gets_tta_figures_in_both_phases(tmp_path):
