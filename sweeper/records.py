@@ -39,7 +39,7 @@ TTA_COLUMNS = ["tta_test_loss", "tta_test_acc"]  # only in runs with tta=flip
 
 def columns(rows: Iterable[dict[str, Any]]) -> list[str]:
     """metrics.csv's header for these rows: the validation and TTA columns when they hold values
-    (a rotation run's pretext rows have no TTA figures: their cells stay empty)."""
+    (every row of a run has the same keys: a rotation pretext has TTA figures too)."""
     rows = list(rows)
     return (COLUMNS + (VAL_COLUMNS if any("val_acc" in r for r in rows) else [])
             + (TTA_COLUMNS if any("tta_test_acc" in r for r in rows) else []))

@@ -398,7 +398,7 @@ class Trainer:
         the figures of each image's logits averaged with its mirror image's, whose class is
         `mirror_classes[c]` for an image of class c (None: the same class)."""
         model.eval()
-        sums = torch.zeros(4, device=self.device)  # loss, correct; the same with flip TTA
+        sums = torch.zeros(3 if tta else 1, device=self.device)  # loss; flip TTA's loss, correct
         counts: Optional[torch.Tensor] = None
         seen = 0
         for x, y in batches:
@@ -406,24 +406,21 @@ class Trainer:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast:
                 logits = model(x).float()
-                both = logits
-                if tta:
-                    mirrored = model(x.flip(-1)).float()
-                    if mirror_classes is not None:
-                        mirrored = mirrored[:, mirror_classes]
-                    both = (logits + mirrored) / 2
+                mirrored = model(x.flip(-1)).float() if tta else None
             classes = logits.shape[1]
-            sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
-                                 (logits.argmax(1) == y).sum(),
-                                 F.cross_entropy(both, y, reduction="sum"),
-                                 (both.argmax(1) == y).sum()])
+            terms = [F.cross_entropy(logits, y, reduction="sum")]
+            if mirrored is not None:
+                if mirror_classes is not None:
+                    mirrored = mirrored[:, mirror_classes]
+                both = (logits + mirrored) / 2
+                terms += [F.cross_entropy(both, y, reduction="sum"), (both.argmax(1) == y).sum()]
+            sums += torch.stack(terms)
             pairs = torch.bincount(y * classes + logits.argmax(1), minlength=classes * classes)
             counts = pairs if counts is None else counts + pairs
             seen += len(y)
-        loss, acc, tta_loss, tta_acc = (total / seen for total in sums.tolist())  # the one sync
-        if not tta:
-            tta_loss = tta_acc = None
-        return Evaluation(loss, acc, counts.view(classes, classes).cpu(), tta_loss, tta_acc)
+        confusion = counts.view(classes, classes).cpu()
+        loss, *tta_figures = (total / seen for total in sums.tolist())
+        return Evaluation(loss, confusion.diagonal().sum().item() / seen, confusion, *tta_figures)
 
     def _save(self, at: Position, sums: EpochSums, model: nn.Module,
               optimizer: torch.optim.Optimizer) -> None:
