@@ -31,6 +31,7 @@ METRICS = [
     ("final_test_acc", "final test acc", True),
     ("best_test_acc", "best test acc", True),
     ("final_tta_test_acc", "final test acc, flip TTA", True),
+    ("final_tta_translate_test_acc", "final test acc, flip + translate TTA", True),
     ("final_test_loss", "final test loss", False),
     ("rotation_test_acc", "rotation test acc", True),
     ("wall_seconds", "time (s)", False),
@@ -292,7 +293,7 @@ def markdown(table: Table) -> str:
 
 
 FINAL_COLUMNS = ["final_test_acc", "best_test_acc", "final_test_loss", "best_test_loss",
-                 "final_tta_test_acc", "rotation_test_acc"]
+                 "final_tta_test_acc", "final_tta_translate_test_acc", "rotation_test_acc"]
 
 
 def write_runs_csv(col: Collection, path: Path) -> None:

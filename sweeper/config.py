@@ -31,7 +31,7 @@ IMAGE_SIZE = 32  # CIFAR-10; the synthetic and folder sources are checked agains
 
 SCHEDULES = ("cosine", "linear")
 AUGMENTS = ("none", "flip", "crop_flip", "strong")
-TTAS = ("none", "flip")
+TTAS = ("none", "flip", "flip_translate")
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Config:
     pretrain_epochs: int = 50
     batch_size: int = 256
     eval_batch_size: int = 1000
-    tta: str = "none"  # none | flip: also log the test set's figures with mirrored copies averaged in
+    tta: str = "none"  # none | flip | flip_translate: also log test figures over more views
     lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
@@ -168,7 +168,7 @@ def validate(cfg: DictConfig) -> Settings:
     if plain["schedule"] not in SCHEDULES:
         raise not_allowed("schedule", plain["schedule"], " or ".join(SCHEDULES))
     if plain["tta"] not in TTAS:
-        raise not_allowed("tta", plain["tta"], " or ".join(TTAS))
+        raise not_allowed("tta", plain["tta"], ", ".join(TTAS))
     if plain["augment"] not in AUGMENTS:
         raise not_allowed("augment", plain["augment"], ", ".join(AUGMENTS))
     for key in ("grad_clip", "mixup_alpha", "cutmix_alpha"):

@@ -34,7 +34,8 @@ COLUMNS = [
     "lr", "epoch_seconds", "images_per_s",
 ]
 VAL_COLUMNS = ["val_loss", "val_acc"]  # only in runs with a validation split (data.val_size)
-TTA_COLUMNS = ["tta_test_loss", "tta_test_acc"]  # only in runs with tta=flip
+TTA_COLUMNS = ["tta_test_loss", "tta_test_acc"]  # only in runs with tta=flip or flip_translate
+TRANSLATE_COLUMNS = ["tta_translate_test_loss", "tta_translate_test_acc"]  # tta=flip_translate
 
 
 def columns(rows: Iterable[dict[str, Any]]) -> list[str]:
@@ -42,7 +43,8 @@ def columns(rows: Iterable[dict[str, Any]]) -> list[str]:
     (every row of a run has the same keys: a rotation pretext has TTA figures too)."""
     rows = list(rows)
     return (COLUMNS + (VAL_COLUMNS if any("val_acc" in r for r in rows) else [])
-            + (TTA_COLUMNS if any("tta_test_acc" in r for r in rows) else []))
+            + (TTA_COLUMNS if any("tta_test_acc" in r for r in rows) else [])
+            + (TRANSLATE_COLUMNS if any("tta_translate_test_acc" in r for r in rows) else []))
 
 
 class Status(str, Enum):
@@ -119,6 +121,10 @@ def phase_results(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if "tta_test_acc" in mine[-1]:
             tta = [float(r["tta_test_acc"]) for r in mine]
             out[name].update(final_tta_test_acc=tta[-1], best_tta_test_acc=_best(max, tta))
+        if "tta_translate_test_acc" in mine[-1]:
+            moved = [float(r["tta_translate_test_acc"]) for r in mine]
+            out[name].update(final_tta_translate_test_acc=moved[-1],
+                             best_tta_translate_test_acc=_best(max, moved))
     return out
 
 
@@ -201,7 +207,7 @@ def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], Optional[RunFileE
 
 def _parse(lines: list[str]) -> tuple[list[dict[str, Any]], Optional[RunFileError]]:
     header = next(csv.reader(lines[:1]))
-    known = set(COLUMNS + VAL_COLUMNS + TTA_COLUMNS)
+    known = set(COLUMNS + VAL_COLUMNS + TTA_COLUMNS + TRANSLATE_COLUMNS)
     if header[: len(REQUIRED)] != REQUIRED or len(set(header)) < len(header) or not known >= set(header):
         return [], RunFileError(f"{METRICS_FILE} line 1: not its header ({','.join(header)[:80]})")
     rows: list[dict[str, Any]] = []
@@ -285,7 +291,7 @@ class Board:
                                         purge_step=self.step)
         else:
             self.step += 1
-        for key in COLUMNS[2:] + VAL_COLUMNS + TTA_COLUMNS:
+        for key in COLUMNS[2:] + VAL_COLUMNS + TTA_COLUMNS + TRANSLATE_COLUMNS:
             if key in row:
                 self.writer.add_scalar(f"{row['phase']}/{key}", row[key], self.step)
         self.writer.flush()
@@ -303,7 +309,8 @@ class Board:
         self.writer.close()
 
 
-HPARAM_METRICS = ("final_test_acc", "best_test_acc", "final_tta_test_acc", "final_test_loss",
+HPARAM_METRICS = ("final_test_acc", "best_test_acc", "final_tta_test_acc",
+                  "final_tta_translate_test_acc", "final_test_loss",
                   "final_val_acc", "final_val_loss", "rotation_test_acc", "wall_seconds")
 
 
@@ -316,6 +323,8 @@ def console_line(row: dict[str, Any]) -> str:
         f"test acc: {row['test_acc']:.4f}"
         + (f" | val acc: {row['val_acc']:.4f}" if "val_acc" in row else "")
         + (f" | flip TTA test acc: {row['tta_test_acc']:.4f}" if "tta_test_acc" in row else "")
+        + (f" | flip + translate TTA test acc: {row['tta_translate_test_acc']:.4f}"
+           if "tta_translate_test_acc" in row else "")
     )
 
 

@@ -125,6 +125,8 @@ class Evaluation:
     confusion: torch.Tensor  # rows: true class, columns: predicted
     tta_loss: Optional[float] = None  # with flip TTA: each image's logits averaged with its mirror's
     tta_acc: Optional[float] = None
+    translate_loss: Optional[float] = None  # with tta=flip_translate: airbench's six views
+    translate_acc: Optional[float] = None
 
 
 def read_position(state: dict) -> tuple[Position, EpochSums]:
@@ -324,11 +326,13 @@ class Trainer:
                                                   "step": result.stopped[0].step,
                                                   "signal": self.preemption.caught[-1]})
             row, bad_step = result.row, result.bad_step
-            test = self.evaluate(step_model, phase.test, channels_last, s.tta == "flip",
-                                 phase.mirror_classes)
+            test = self.evaluate(step_model, phase.test, channels_last, s.tta, phase.mirror_classes)
             row["test_loss"], row["test_acc"] = test.loss, test.acc
             if test.tta_acc is not None:
                 row["tta_test_loss"], row["tta_test_acc"] = test.tta_loss, test.tta_acc
+            if test.translate_acc is not None:
+                row["tta_translate_test_loss"] = test.translate_loss
+                row["tta_translate_test_acc"] = test.translate_acc
             self.confusions[phase.name] = test.confusion
             if phase.val is not None:
                 val = self.evaluate(step_model, phase.val, channels_last)
@@ -392,28 +396,44 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Any, channels_last: bool = False,
-                 tta: bool = False, mirror_classes: Optional[list[int]] = None) -> Evaluation:
+                 tta: str = "none", mirror_classes: Optional[list[int]] = None) -> Evaluation:
         """Mean cross-entropy (no smoothing), accuracy, and the confusion matrix (rows: true
-        class, columns: predicted; counted on the device) over every image. With `tta`, also
-        the figures of each image's logits averaged with its mirror image's, whose class is
-        `mirror_classes[c]` for an image of class c (None: the same class)."""
+        class, columns: predicted; counted on the device) over every image. With `tta` "flip",
+        also the figures of each image's logits averaged with its mirror image's, whose class is
+        `mirror_classes[c]` for an image of class c (None: the same class); with
+        "flip_translate", those too and airbench's: that average, averaged with the mean of the
+        same pair's for the image shifted one pixel up-left and one down-right (reflected edge)."""
         model.eval()
-        sums = torch.zeros(3 if tta else 1, device=self.device)  # loss; flip TTA's loss, correct
+        sums = torch.zeros({"none": 1, "flip": 3, "flip_translate": 5}[tta], device=self.device)
         counts: Optional[torch.Tensor] = None
         seen = 0
+
+        def with_mirror(view: torch.Tensor, logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+            with self.autocast:
+                if logits is None:
+                    logits = model(view).float()
+                mirrored = model(view.flip(-1)).float()
+            if mirror_classes is not None:
+                mirrored = mirrored[:, mirror_classes]
+            return (logits + mirrored) / 2
+
         for x, y in batches:
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with self.autocast:
                 logits = model(x).float()
-                mirrored = model(x.flip(-1)).float() if tta else None
             classes = logits.shape[1]
             terms = [F.cross_entropy(logits, y, reduction="sum")]
-            if mirrored is not None:
-                if mirror_classes is not None:
-                    mirrored = mirrored[:, mirror_classes]
-                both = (logits + mirrored) / 2
-                terms += [F.cross_entropy(both, y, reduction="sum"), (both.argmax(1) == y).sum()]
+            averages = []
+            if tta != "none":
+                averages.append(with_mirror(x, logits))
+            if tta == "flip_translate":
+                h, w = x.shape[-2:]
+                padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+                shifted = [with_mirror(padded[..., i:i + h, i:i + w]) for i in (0, 2)]
+                averages.append((averages[0] + (shifted[0] + shifted[1]) / 2) / 2)
+            for average in averages:
+                terms += [F.cross_entropy(average, y, reduction="sum"), (average.argmax(1) == y).sum()]
             sums += torch.stack(terms)
             pairs = torch.bincount(y * classes + logits.argmax(1), minlength=classes * classes)
             counts = pairs if counts is None else counts + pairs
